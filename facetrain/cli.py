@@ -1,0 +1,95 @@
+"""Command-line wrapper: distributed start-up before Hydra, and one-line errors after it."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+from hydra.errors import MissingConfigException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from facetrain.config import register_schemas
+from facetrain.engine.distributed import cleanup, init_distributed
+from facetrain.engine.run_dir import agree_on_run_stamp, register_resolvers
+from facetrain.errors import FacetrainError
+
+FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+TRACEBACK_HINT = "set HYDRA_FULL_ERROR=1 for the full traceback"
+
+
+def run_cli(hydra_main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` function; on failure print one line naming problem and fix, exit non-zero."""
+    wants_traceback = os.environ.get(FULL_ERROR_ENV) == "1"
+    os.environ[FULL_ERROR_ENV] = "1"  # let exceptions reach us instead of Hydra's multi-line report
+    os.environ["OC_CAUSE"] = "1"  # keep the original exception behind OmegaConf's wrapper
+    register_schemas()
+    register_resolvers()
+    try:
+        init_distributed()
+        agree_on_run_stamp()
+        hydra_main()
+    except KeyboardInterrupt:
+        print("facetrain: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
+        if wants_traceback:
+            raise
+        print(f"facetrain: error: {describe_error(exc)}", file=sys.stderr)
+        sys.exit(2 if _is_user_error(exc) else 1)
+    finally:
+        cleanup()
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    return isinstance(_root_cause(exc), (FacetrainError, OmegaConfBaseException, MissingConfigException))
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The most telling exception in the chain: our own or Hydra's missing config first, then the
+    innermost OmegaConf error, else ``exc`` itself."""
+    chain = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for kinds in ((FacetrainError, MissingConfigException), (OmegaConfBaseException,)):
+        found = [e for e in chain if isinstance(e, kinds)]
+        if found:
+            return found[-1]
+    return chain[0]
+
+
+def _full_key(exc: BaseException) -> str:
+    """The dotted config key an OmegaConf error is about (outer wrappers know it best)."""
+    while exc is not None:
+        if getattr(exc, "full_key", None):
+            return str(exc.full_key)
+        exc = exc.__cause__ or exc.__context__
+    return ""
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming the problem and, where we know it, the fix."""
+    cause = _root_cause(exc)
+    if isinstance(cause, FacetrainError):
+        return str(cause)
+    if isinstance(cause, MissingConfigException):
+        group, _, choice = (cause.missing_cfg_file or "").rpartition("/")
+        if cause.options:
+            return f"unknown {group} '{choice}'; choose one of: {', '.join(sorted(cause.options))}"
+        return f"{_first_line(str(cause))}; check the name and the configs/ folder"
+    if isinstance(cause, OmegaConfBaseException):
+        key = _full_key(exc)
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+            return f"unknown config key '{key}'; check its spelling (python train.py --cfg job lists every key)"
+        if isinstance(cause, MissingMandatoryValue):
+            return f"{key} is not set; pass {key}=<value> on the command line"
+        if isinstance(cause, ValidationError):
+            return f"invalid value for {key}: {_first_line(str(cause))}; give a value of the key's type"
+        return f"{_first_line(str(cause))}" + (f" (key {key})" if key else "")
+    if isinstance(exc, OmegaConfBaseException) or exc.__class__.__module__.startswith("hydra"):
+        return _first_line(str(exc))
+    return f"{exc.__class__.__name__}: {_first_line(str(exc))} ({TRACEBACK_HINT})"

@@ -1,0 +1,211 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML file under ``configs/<group>/<name>.yaml`` starts from ``/schema/<group>/<kind>``, so an
+unknown key or a value of the wrong type fails when the config is composed. The YAML files hold the
+values; the schemas hold the types.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Precision(Enum):
+    auto = "auto"  # bf16 on GPUs that support it, else fp16 with a GradScaler; fp32 on CPU
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class DeviceKind(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class FlipMode(Enum):
+    sum = "sum"
+    concat = "concat"
+    none = "none"
+
+
+class ArcFaceVariant(Enum):
+    fallback = "fallback"  # cos(theta+m) while theta+m <= pi, else cos - m*sin(m) (insightface)
+    easy = "easy"  # cos(theta+m) where cos > 0, else cos
+    plain = "plain"  # cos(theta+m) everywhere
+
+
+# ---- backbone -----------------------------------------------------------------------------------
+@dataclass
+class BackboneConfig:
+    name: str = MISSING
+
+
+@dataclass
+class IResNetConfig(BackboneConfig):
+    dropout: float = MISSING
+    zero_init_residual: bool = MISSING
+
+
+@dataclass
+class MobileFaceNetConfig(BackboneConfig):
+    blocks: list[int] = MISSING
+    scale: int = MISSING
+
+
+# ---- loss heads ---------------------------------------------------------------------------------
+@dataclass
+class LossConfig:
+    name: str = MISSING
+
+
+@dataclass
+class SoftmaxConfig(LossConfig):
+    bias: bool = MISSING
+
+
+@dataclass
+class CosFaceConfig(LossConfig):
+    s: float = MISSING
+    m: float = MISSING
+
+
+@dataclass
+class ArcFaceConfig(LossConfig):
+    s: float = MISSING
+    m: float = MISSING
+    variant: ArcFaceVariant = MISSING
+
+
+# ---- datasets -----------------------------------------------------------------------------------
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: Optional[str] = MISSING
+    num_classes: Optional[int] = MISSING
+    val_targets: list[str] = MISSING
+
+
+@dataclass
+class SyntheticConfig(DatasetConfig):
+    images_per_class: int = MISSING
+    val_identities: int = MISSING
+    val_images_per_identity: int = MISSING
+    val_pairs: int = MISSING
+    seed: int = MISSING
+
+
+# ---- optimisation -------------------------------------------------------------------------------
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+
+
+@dataclass
+class AdamWConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+    eps: float = MISSING
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = MISSING
+    warmup_epochs: float = MISSING
+
+
+@dataclass
+class PolyConfig(SchedulerConfig):
+    power: float = MISSING
+
+
+@dataclass
+class MultiStepConfig(SchedulerConfig):
+    milestones: list[float] = MISSING  # epochs
+    gamma: float = MISSING
+
+
+@dataclass
+class CosineConfig(SchedulerConfig):
+    min_lr_ratio: float = MISSING
+
+
+# ---- top level ----------------------------------------------------------------------------------
+@dataclass
+class TrainerConfig:
+    max_steps: Optional[int] = None  # takes precedence over max_epochs when set
+    max_epochs: int = 20
+    batch_size: int = 128  # per process
+    precision: Precision = Precision.auto
+    grad_clip: Optional[float] = None  # max global grad norm; null disables
+    log_every: int = 50
+    device: DeviceKind = DeviceKind.auto
+    num_workers: int = 4
+    hflip: float = 0.5  # probability of a horizontal flip, applied on the device
+    channels_last: bool = True
+    cudnn_benchmark: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000
+    keep_last: int = 3
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 2000  # also evaluated at the end of training
+    at_start: bool = True
+    targets: list[str] = MISSING  # names of <dataset.root>/<name>.bin, or paths to .bin files
+    batch_size: int = 256
+    flip: FlipMode = FlipMode.sum
+
+
+@dataclass
+class TrainConfig:
+    name: str = MISSING  # experiment name: runs go to <output_root>/<name>/<timestamp>
+    seed: int = 0
+    embedding_size: int = 512
+    resume: Optional[str] = None  # null | auto | <run_dir>
+    output_root: str = "outputs"
+    backbone: Any = MISSING
+    loss: Any = MISSING
+    dataset: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "backbone": {"iresnet": IResNetConfig, "mobilefacenet": MobileFaceNetConfig},
+    "loss": {"softmax": SoftmaxConfig, "cosface": CosFaceConfig, "arcface": ArcFaceConfig},
+    "dataset": {"synthetic": SyntheticConfig, "rec": DatasetConfig},
+    "optimizer": {"sgd": SGDConfig, "adamw": AdamWConfig},
+    "scheduler": {"poly": PolyConfig, "multistep": MultiStepConfig, "cosine": CosineConfig},
+}
+
+# Config groups whose choice defines what is trained: a resumed run may not change them.
+IDENTITY_KEYS = ("backbone", "loss.name", "embedding_size", "dataset.name", "dataset.num_classes", "optimizer.name")
+
+
+def register_schemas() -> None:
+    """Store the top-level schema as ``train_schema`` and each group schema as ``/schema/<group>/<kind>``."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for group, kinds in SCHEMAS.items():
+        for kind, schema in kinds.items():
+            store.store(group=f"schema/{group}", name=kind, node=schema)

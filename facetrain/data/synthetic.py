@@ -1,0 +1,105 @@
+"""The synthetic identities dataset: generated once into a cache folder in insightface's layout.
+
+``train.rec``/``train.idx``/``property`` hold ``num_classes`` identities; ``synthetic_val.bin`` holds
+verification pairs of other, disjoint identities. Everything is deterministic in ``seed``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from facetrain.data.images import encode_jpeg
+from facetrain.data.recordio import write_insightface_folder
+from facetrain.data.synthetic_faces import render_face, sample_identity
+from facetrain.data.verification_bin import save_verification_bin
+
+VAL_TARGET = "synthetic_val"
+_TRAIN, _VAL = 0, 1  # stream ids: train and validation identities never share a random stream
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    num_classes: int
+    images_per_class: int
+    val_identities: int
+    val_images_per_identity: int
+    val_pairs: int
+    seed: int
+
+    def digest(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FACETRAIN_CACHE", Path.home() / ".cache" / "facetrain"))
+
+
+def synthetic_root(spec: SyntheticSpec, root: Optional[str] = None) -> Path:
+    """Where the dataset of ``spec`` lives: ``root`` if given, else a cache folder named by its digest."""
+    return Path(root) if root else default_cache_dir() / f"synthetic-{spec.digest()}"
+
+
+def render_identity(seed: int, stream: int, identity: int, count: int) -> list[bytes]:
+    """``count`` JPEG images of one identity, deterministic in ``(seed, stream, identity)``."""
+    rng = np.random.default_rng([seed, stream, identity])
+    person = sample_identity(rng)
+    return [encode_jpeg(render_face(person, rng), quality=90) for _ in range(count)]
+
+
+def sample_pairs(rng: np.random.Generator, identities: int, per_identity: int, pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(pair image indices [P,2], issame [P])`` in blocks of ten folds, half genuine, half impostor."""
+    index_pairs, issame = [], []
+    for fold_size in map(len, np.array_split(np.arange(pairs), 10)):
+        for k in range(fold_size):
+            same = k < fold_size // 2
+            a = rng.integers(identities)
+            b = a if same else (a + rng.integers(1, identities)) % identities
+            i, j = rng.choice(per_identity, size=2, replace=False)
+            index_pairs.append((a * per_identity + i, b * per_identity + j))
+            issame.append(same)
+    return np.asarray(index_pairs), np.asarray(issame)
+
+
+def build_synthetic(spec: SyntheticSpec, root: Path, workers: int = 0) -> None:
+    """Generate the dataset into ``root`` (built in a temporary folder, then renamed into place)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    try:
+        with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+            train = pool.map(render_identity, *_jobs(spec.seed, _TRAIN, spec.num_classes, spec.images_per_class), chunksize=8)
+            labelled = ((label, image) for label, images in enumerate(train) for image in images)
+            write_insightface_folder(tmp, labelled, spec.num_classes)
+            val = list(pool.map(render_identity, *_jobs(spec.seed, _VAL, spec.val_identities, spec.val_images_per_identity), chunksize=8))
+        flat = [image for images in val for image in images]
+        pairs, issame = sample_pairs(np.random.default_rng([spec.seed, _VAL]), spec.val_identities,
+                                     spec.val_images_per_identity, spec.val_pairs)
+        save_verification_bin(tmp / f"{VAL_TARGET}.bin", [flat[i] for i in pairs.reshape(-1)], issame.tolist())
+        (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another process finished first: its copy is identical
+            if not (root / "spec.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _jobs(seed: int, stream: int, identities: int, count: int) -> tuple[list, ...]:
+    return [seed] * identities, [stream] * identities, list(range(identities)), [count] * identities
+
+
+def ensure_synthetic(spec: SyntheticSpec, root: Optional[str] = None) -> Path:
+    """The dataset folder for ``spec``, generating it first if it is not there yet."""
+    path = synthetic_root(spec, root)
+    if not (path / "spec.json").is_file():
+        build_synthetic(spec, path)
+    return path

@@ -1,0 +1,47 @@
+"""insightface verification sets (``lfw.bin``, ``cfp_fp.bin``, ...): a pickle of ``(bins, issame_list)``."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from facetrain.data.images import decode_image
+from facetrain.errors import DataError
+
+
+def load_verification_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 [2P,112,112,3] RGB, issame bool [P])``; pair i is rows 2i and 2i+1.
+
+    Reads Python 2 and 3 pickles; entries may be encoded image bytes or uint8 arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"verification set {path} does not exist",
+                        "check eval.targets and dataset.root (or pass the .bin path)")
+    try:
+        with open(path, "rb") as f:
+            bins, issame = pickle.load(f, encoding="bytes")
+    except Exception as exc:
+        raise DataError(f"{path} is not a verification .bin ({exc.__class__.__name__}: {exc})",
+                        "use a pickle of (images, issame_list) as insightface writes them") from None
+    if len(bins) != 2 * len(issame):
+        raise DataError(f"{path} has {len(bins)} images for {len(issame)} pairs",
+                        "a verification .bin holds exactly two images per pair")
+    images = np.stack([_as_image(entry, f"image {i} of {path}") for i, entry in enumerate(bins)])
+    return images, np.asarray(issame, dtype=bool)
+
+
+def _as_image(entry: object, what: str) -> np.ndarray:
+    if isinstance(entry, np.ndarray) and entry.dtype == np.uint8 and entry.ndim == 3:
+        return entry
+    if isinstance(entry, np.ndarray):  # insightface stores encoded bytes as 1-D uint8 arrays too
+        entry = entry.tobytes()
+    return decode_image(bytes(entry), what)
+
+
+def save_verification_bin(path: str | os.PathLike, encoded_images: list[bytes], issame: list[bool]) -> None:
+    """Write a verification set in insightface's format (encoded images, pair-major order)."""
+    with open(path, "wb") as f:
+        pickle.dump((encoded_images, list(map(bool, issame))), f, protocol=pickle.HIGHEST_PROTOCOL)

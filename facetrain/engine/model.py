@@ -1,0 +1,19 @@
+"""The trained module: backbone and head in one ``nn.Module`` so one DDP wrapper covers both."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from facetrain.heads import Head, HeadOutput
+
+
+class FaceModel(nn.Module):
+    """``images -> backbone -> raw embeddings -> head(embeddings, labels)``."""
+
+    def __init__(self, backbone: nn.Module, head: Head) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
+        return self.head(self.backbone(images), labels)

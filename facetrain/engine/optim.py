@@ -1,0 +1,75 @@
+"""Optimizers and per-iteration learning-rate schedules, built by config name."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from facetrain.registry import Registry
+
+OPTIMIZERS: Registry = Registry("optimizer")
+SCHEDULES: Registry = Registry("scheduler")
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(params: Iterable, lr: float, weight_decay: float, momentum: float, nesterov: bool, fused: bool = False) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                           fused=fused or None)
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(params: Iterable, lr: float, weight_decay: float, betas: list[float], eps: float, fused: bool = False) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=fused or None)
+
+
+def build_optimizer(params: Iterable, name: str, fused: bool = False, **hparams: Any) -> torch.optim.Optimizer:
+    """The optimizer registered as ``name``; ``fused`` picks the single-kernel CUDA implementation."""
+    return OPTIMIZERS.get(name)(params, fused=fused, **hparams)
+
+
+def _warmup(factor: Callable[[int], float], warmup_steps: int) -> Callable[[int], float]:
+    """Linear warm-up from 0 over ``warmup_steps``, then ``factor(step)``."""
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps
+        return factor(step)
+
+    return lr_factor
+
+
+@SCHEDULES.register("poly")
+def poly(total_steps: int, warmup_steps: int, steps_per_epoch: int, power: float) -> Callable[[int], float]:
+    """arcface_torch's PolyScheduler: ``(1 - (step - warmup) / (total - warmup)) ** power``."""
+    decay_steps = max(1, total_steps - warmup_steps)
+    return _warmup(lambda step: max(0.0, 1 - (step - warmup_steps) / decay_steps) ** power, warmup_steps)
+
+
+@SCHEDULES.register("multistep")
+def multistep(total_steps: int, warmup_steps: int, steps_per_epoch: int, milestones: list[float], gamma: float) -> Callable[[int], float]:
+    """``gamma ** (number of milestones passed)``, milestones in epochs."""
+    boundaries = sorted(round(m * steps_per_epoch) for m in milestones)
+    return _warmup(lambda step: gamma ** sum(step >= b for b in boundaries), warmup_steps)
+
+
+@SCHEDULES.register("cosine")
+def cosine(total_steps: int, warmup_steps: int, steps_per_epoch: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """Half-cosine from 1 to ``min_lr_ratio`` over the steps after warm-up."""
+    decay_steps = max(1, total_steps - warmup_steps)
+
+    def factor(step: int) -> float:
+        progress = min(1.0, (step - warmup_steps) / decay_steps)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return _warmup(factor, warmup_steps)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, name: str, total_steps: int, steps_per_epoch: int, warmup_epochs: float, **hparams: Any
+) -> LambdaLR:
+    """A per-iteration ``LambdaLR`` for the schedule ``name``; positions are given in epochs."""
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
+    factor = SCHEDULES.get(name)(total_steps, warmup_steps, steps_per_epoch, **hparams)
+    return LambdaLR(optimizer, factor)

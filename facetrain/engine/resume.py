@@ -1,0 +1,54 @@
+"""Resuming: the saved config plus this command's overrides, refusing changes to what is trained."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from facetrain.config import IDENTITY_KEYS, TrainConfig
+from facetrain.engine.checkpoint import newest_checkpoint
+from facetrain.engine.run_dir import CHECKPOINT_DIR
+from facetrain.errors import ResumeError
+
+_NOT_CARRIED = ("resume", "hydra")
+
+
+def override_keys(overrides: list[str]) -> list[str]:
+    """Dotted keys named by Hydra command-line overrides (``a.b=1``, ``+a=1``, ``loss=cosface``)."""
+    keys = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        key = key.split("@", 1)[0]
+        if key.split(".", 1)[0] not in _NOT_CARRIED and not key.startswith("hydra/"):
+            keys.append(key)
+    return keys
+
+
+def merge_resume_config(current: DictConfig, overrides: list[str], saved: dict[str, Any]) -> DictConfig:
+    """``saved`` with the keys overridden on this command line taken from ``current``.
+
+    Raises ResumeError naming the keys if that would change backbone, head, embedding size,
+    dataset, num_classes or optimizer.
+    """
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+    original = OmegaConf.create(saved)
+    for key in override_keys(overrides):
+        OmegaConf.update(merged, key, OmegaConf.select(current, key), merge=False)
+    changed = [
+        key for key in IDENTITY_KEYS
+        if OmegaConf.select(merged, key, default=None) != OmegaConf.select(original, key, default=None)
+    ]
+    if changed:
+        raise ResumeError(f"cannot resume with a different {', '.join(changed)} than the run was started with",
+                          "drop those overrides, or start a fresh run")
+    merged.resume = current.resume
+    return merged
+
+
+def resume_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint of ``run_dir``."""
+    path = newest_checkpoint(run_dir / CHECKPOINT_DIR)
+    if path is None:
+        raise ResumeError(f"{run_dir} holds no checkpoint", "resume a run that saved one, or start a fresh run")
+    return path

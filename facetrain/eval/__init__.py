@@ -1,0 +1,6 @@
+"""Evaluation: the 10-fold verification protocol, embedding extraction and the training callback."""
+from facetrain.eval.callback import VerificationCallback
+from facetrain.eval.embed import embed_images
+from facetrain.eval.verification import evaluate
+
+__all__ = ["VerificationCallback", "embed_images", "evaluate"]

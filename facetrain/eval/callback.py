@@ -1,0 +1,33 @@
+"""Periodic verification during training: every target's 10-fold accuracy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from facetrain.data.verification_bin import load_verification_bin
+from facetrain.eval.embed import FlipMode, embed_images
+from facetrain.eval.verification import evaluate
+
+
+class VerificationCallback:
+    """Loads the verification sets once; ``__call__(backbone)`` returns ``{target: metrics}``."""
+
+    def __init__(
+        self,
+        targets: dict[str, Path],
+        device: torch.device,
+        batch_size: int = 256,
+        flip: FlipMode = "sum",
+        channels_last: bool = False,
+    ) -> None:
+        self.sets = {name: load_verification_bin(path) for name, path in targets.items()}
+        self.device, self.batch_size, self.flip, self.channels_last = device, batch_size, flip, channels_last
+
+    def __call__(self, backbone: nn.Module) -> dict[str, dict[str, float]]:
+        results = {}
+        for name, (images, issame) in self.sets.items():
+            embeddings = embed_images(backbone, images, self.batch_size, self.device, self.flip, self.channels_last)
+            results[name] = {"pairs": len(issame), **evaluate(embeddings, issame)}
+        return results

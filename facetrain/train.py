@@ -1,0 +1,113 @@
+"""``run(cfg)``: build everything a training run needs from the config, then hand it to the Trainer."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from facetrain.backbones import build_backbone
+from facetrain.data import build_train_data, resolve_targets
+from facetrain.engine.checkpoint import load_checkpoint
+from facetrain.engine.distributed import dist_info
+from facetrain.engine.logging import setup_logging
+from facetrain.engine.model import FaceModel
+from facetrain.engine.optim import build_optimizer, build_scheduler
+from facetrain.engine.resume import merge_resume_config, resume_checkpoint
+from facetrain.engine.trainer import Trainer, TrainerSettings
+from facetrain.errors import ConfigError
+from facetrain.eval.callback import VerificationCallback
+from facetrain.heads import build_head
+
+log = logging.getLogger("facetrain")
+
+
+def hparams(node: DictConfig) -> dict[str, Any]:
+    """A config group as plain keyword arguments, without its ``name``."""
+    values = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    values.pop("name", None)
+    return values
+
+
+def select_device(kind: str, local_rank: int) -> torch.device:
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA GPU is visible", "use trainer.device=cpu (or auto)")
+    if kind in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def select_amp_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype for ``trainer.precision`` (None = fp32)."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("trainer.precision=fp16 needs a CUDA GPU", "use trainer.precision=bf16 or fp32 on the CPU")
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train as ``cfg`` says (resuming if ``cfg.resume`` is set); returns the final metrics."""
+    dist = dist_info()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    checkpoint = None
+    if cfg.resume is not None:
+        checkpoint = load_checkpoint(resume_checkpoint(run_dir))
+        cfg = merge_resume_config(cfg, list(HydraConfig.get().overrides.task), checkpoint["config"])
+    setup_logging(run_dir, dist.is_main)
+    log.info(f"run directory {run_dir}" + (f" (resuming at step {checkpoint['step']})" if checkpoint else ""))
+
+    seed_everything(cfg.seed + dist.rank)
+    device = select_device(cfg.trainer.device.value, dist.local_rank)
+    torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
+    data = build_train_data(cfg.dataset.name, **hparams(cfg.dataset))
+    log.info(f"dataset {cfg.dataset.name}: {len(data.dataset)} images of {data.num_classes} identities at {data.root}")
+
+    backbone = build_backbone(cfg.backbone.name, cfg.embedding_size, **hparams(cfg.backbone))
+    head = build_head(cfg.loss.name, cfg.embedding_size, data.num_classes, **hparams(cfg.loss))
+    model = FaceModel(backbone, head).to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer.name, fused=device.type == "cuda", **hparams(cfg.optimizer))
+
+    global_batch = cfg.trainer.batch_size * dist.world_size
+    steps_per_epoch = len(data.dataset) // global_batch
+    if steps_per_epoch == 0:
+        raise ConfigError(f"the global batch ({global_batch}) is larger than the dataset ({len(data.dataset)} images)",
+                          "lower trainer.batch_size")
+    total_steps = cfg.trainer.max_steps or cfg.trainer.max_epochs * steps_per_epoch
+    scheduler = build_scheduler(optimizer, cfg.scheduler.name, total_steps, steps_per_epoch, **hparams(cfg.scheduler))
+
+    evaluator = None
+    if dist.is_main and cfg.eval.targets:
+        evaluator = VerificationCallback(resolve_targets(list(cfg.eval.targets), data.root), device,
+                                         cfg.eval.batch_size, cfg.eval.flip.value, cfg.trainer.channels_last)
+    settings = TrainerSettings(
+        run_dir=run_dir, total_steps=total_steps, batch_size=cfg.trainer.batch_size, seed=cfg.seed, device=device,
+        amp_dtype=select_amp_dtype(cfg.trainer.precision.value, device), grad_clip=cfg.trainer.grad_clip,
+        log_every=cfg.trainer.log_every, num_workers=cfg.trainer.num_workers, hflip=cfg.trainer.hflip,
+        channels_last=cfg.trainer.channels_last, checkpoint_every=cfg.checkpoint.every_steps,
+        keep_last=cfg.checkpoint.keep_last, eval_every=cfg.eval.every_steps, eval_at_start=cfg.eval.at_start,
+        progress_bar=cfg.trainer.progress_bar, config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+    )
+    trainer = Trainer(model, optimizer, scheduler, data.dataset, settings, dist, evaluator)
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+    log.info(f"training {cfg.backbone.name} + {cfg.loss.name} for {total_steps} steps "
+             f"({steps_per_epoch} per epoch, global batch {global_batch}) on {device}")
+    metrics = trainer.fit()
+    log.info(f"done: {metrics}")
+    return metrics

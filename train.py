@@ -1,0 +1,18 @@
+"""Train a face-recognition model: ``python train.py [overrides]`` or ``torchrun ... train.py``."""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from facetrain.cli import run_cli
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from facetrain.train import run
+
+    run(cfg)
+
+
+if __name__ == "__main__":
+    run_cli(main)
