@@ -4,10 +4,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from facetrain.cli import run_cli
+from facetrain.cli import defer_errors, run_cli
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@defer_errors
 def main(cfg: DictConfig) -> None:
     from facetrain.train import run
 

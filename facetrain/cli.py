@@ -1,6 +1,7 @@
 """Command-line wrapper: distributed start-up before Hydra, and one-line errors after it."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Any, Callable
@@ -17,6 +18,23 @@ FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 TRACEBACK_HINT = "set HYDRA_FULL_ERROR=1 for the full traceback"
 
 
+_deferred: list[BaseException] = []
+
+
+def defer_errors(task: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a Hydra task so its exception reaches :func:`run_cli` without Hydra's extra report."""
+
+    @functools.wraps(task)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised by run_cli
+            _deferred.append(exc)
+            return None
+
+    return wrapper
+
+
 def run_cli(hydra_main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function; on failure print one line naming problem and fix, exit non-zero."""
     wants_traceback = os.environ.get(FULL_ERROR_ENV) == "1"
@@ -28,6 +46,8 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
         init_distributed()
         agree_on_run_stamp()
         hydra_main()
+        if _deferred:
+            raise _deferred.pop()
     except KeyboardInterrupt:
         print("facetrain: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -29,7 +29,7 @@ log = logging.getLogger("facetrain")
 
 def hparams(node: DictConfig) -> dict[str, Any]:
     """A config group as plain keyword arguments, without its ``name``."""
-    values = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    values = OmegaConf.to_container(node, resolve=True, enum_to_str=True, throw_on_missing=True)
     values.pop("name", None)
     return values
 

@@ -12,6 +12,7 @@ from facetrain.engine.run_dir import CHECKPOINT_DIR
 from facetrain.errors import ResumeError
 
 _NOT_CARRIED = ("resume", "hydra")
+_ABSENT = object()
 
 
 def override_keys(overrides: list[str]) -> list[str]:
@@ -34,7 +35,9 @@ def merge_resume_config(current: DictConfig, overrides: list[str], saved: dict[s
     merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
     original = OmegaConf.create(saved)
     for key in override_keys(overrides):
-        OmegaConf.update(merged, key, OmegaConf.select(current, key), merge=False)
+        value = OmegaConf.select(current, key, default=_ABSENT)
+        if value is not _ABSENT:  # group choices with no key of their own (experiment=...) are already in ``saved``
+            OmegaConf.update(merged, key, value, merge=False)
     changed = [
         key for key in IDENTITY_KEYS
         if OmegaConf.select(merged, key, default=None) != OmegaConf.select(original, key, default=None)

@@ -1,0 +1,36 @@
+"""Shared helpers: run the real CLI in a subprocess, on a tiny synthetic dataset cached per session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["experiment=smoke"]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("facetrain-cache")
+
+
+@pytest.fixture
+def run_cli(cache_dir: Path, tmp_path: Path):
+    """``run_cli(*args, launcher=None)`` runs ``train.py`` with ``output_root`` in ``tmp_path``."""
+
+    def run(*args: str, launcher: list[str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+        env = {**os.environ, "FACETRAIN_CACHE": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+        env.pop("HYDRA_FULL_ERROR", None)
+        command = (launcher or [sys.executable]) + [str(REPO / "train.py"), f"output_root={tmp_path / 'outputs'}", *args]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+def only_run_dir(output_root: Path) -> Path:
+    runs = [p for p in output_root.glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]

@@ -1,0 +1,54 @@
+"""The command line: overrides, printed config, and one-line errors for bad input."""
+from __future__ import annotations
+
+import pytest
+
+from facetrain.errors import ConfigError
+from facetrain.train import select_amp_dtype, select_device
+
+
+def test_cfg_job_prints_resolved_overrides(run_cli):
+    result = run_cli("loss=cosface", "backbone=r50", "trainer.batch_size=64", "optimizer.lr=0.05", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    assert "name: cosface" in result.stdout and "name: r50" in result.stdout
+    assert "batch_size: 64" in result.stdout and "lr: 0.05" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["trainer.bach_size=4"], "unknown config key 'trainer.bach_size'"),
+        (["loss=nope"], "unknown loss 'nope'; choose one of: arcface, cosface, softmax"),
+        (["backbone=r9"], "unknown backbone 'r9'; choose one of:"),
+        (["trainer.batch_size=abc"], "invalid value for trainer.batch_size"),
+        (["loss.variant=weird"], "invalid value for loss.variant"),
+        (["dataset=rec", "dataset.root=/no/such/folder"], "dataset root /no/such/folder does not exist"),
+        (["dataset=rec"], "dataset.root is not set"),
+        (["resume=/no/such/run"], "resume=/no/such/run is not a directory"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(run_cli, args, expected):
+    result = run_cli(*args)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    assert errors == [lines[-1]] and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("facetrain: error: ") and expected in lines[-1], lines[-1]
+    assert ";" in lines[-1], "the message names a fix after the problem"
+
+
+def test_cuda_requested_without_gpu_is_a_config_error(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
+        select_device("cuda", 0)
+    assert select_device("auto", 0).type == "cpu"
+
+
+def test_precision_choice():
+    import torch
+
+    cpu = torch.device("cpu")
+    assert select_amp_dtype("auto", cpu) is None
+    assert select_amp_dtype("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        select_amp_dtype("fp16", cpu)
