@@ -82,7 +82,7 @@ def test_resume_auto_picks_newest_run_and_refuses_a_different_head(run_cli, tmp_
 def test_ddp_two_processes_share_one_run_dir(run_cli, tmp_path):
     torchrun = shutil.which("torchrun")
     assert torchrun is not None, "torchrun comes with torch"
-    result = run_cli(*SMOKE, launcher=[torchrun, "--nproc_per_node=2", "--master_port=0"])
+    result = run_cli(*SMOKE, launcher=[torchrun, "--standalone", "--nproc_per_node=2"], timeout=300)
     assert result.returncode == 0, result.stderr
     run_dir = only_run_dir(tmp_path / "outputs")
     metrics = _metrics(run_dir)

@@ -119,7 +119,7 @@ class Trainer:
                 done = self.step == self.s.total_steps
                 if self.s.eval_every > 0 and self.step % self.s.eval_every == 0 or done:
                     self.evaluate()
-                if self.step % self.s.checkpoint_every == 0 or done:
+                if self.s.checkpoint_every > 0 and self.step % self.s.checkpoint_every == 0 or done:
                     self.save()
                 if done:
                     break
