@@ -8,7 +8,7 @@ from typing import Any, Optional
 from torch.utils.data import Dataset
 
 from facetrain.data.datasets import RecordDataset
-from facetrain.data.synthetic import SyntheticSpec, ensure_synthetic
+from facetrain.data.synthetic import SyntheticSpec, ensure_synthetic, synthetic_root
 from facetrain.engine.distributed import barrier, dist_info
 from facetrain.errors import ConfigError, DataError
 from facetrain.registry import Registry
@@ -28,9 +28,9 @@ def synthetic(root: Optional[str], num_classes: int, **spec: Any) -> TrainData:
     """Generate (rank 0, once) and open the synthetic identities dataset."""
     spec_ = SyntheticSpec(num_classes=num_classes, **spec)
     if dist_info().is_main:
-        path = ensure_synthetic(spec_, root)
+        ensure_synthetic(spec_, root)
     barrier()
-    path = ensure_synthetic(spec_, root)  # no-op once rank 0 has built it
+    path = synthetic_root(spec_, root)
     return TrainData(RecordDataset(path), num_classes, path)
 
 

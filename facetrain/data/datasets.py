@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from facetrain.data.images import decode_image
-from facetrain.data.recordio import RecordReader, unpack_record
+from facetrain.data.recordio import IRHeader, RecordReader, unpack_record
 from facetrain.errors import DataError
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -57,7 +57,7 @@ class RecordDataset(Dataset):
 
     def label_of(self, index: int) -> int:
         header, _ = unpack_record(self.reader.read(int(self.keys[index])))
-        return int(header.label if header.flag == 0 else header.label[0])
+        return _class_of(header)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -68,5 +68,9 @@ class RecordDataset(Dataset):
         image = decode_image(payload, f"record {key} of {self.reader.rec_path}")
         if self.transform is not None:
             image = self.transform(image)
-        label = header.label if header.flag == 0 else header.label[0]
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), int(label)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), _class_of(header)
+
+
+def _class_of(header: IRHeader) -> int:
+    """The class of an image record: its scalar label, or the first of its label vector."""
+    return int(header.label if header.flag == 0 else header.label[0])

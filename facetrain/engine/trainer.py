@@ -173,7 +173,6 @@ class Trainer:
         """Verification on rank 0 (the other ranks wait), logged and written to ``metrics.json``."""
         if self.dist.is_main and self.evaluator is not None:
             results = self.evaluator(self.model.backbone)
-            self.model.train()
             self.last_val = results
             for name, result in results.items():
                 if result["accuracy"] > self.best.get(name, {}).get("accuracy", -1.0):
