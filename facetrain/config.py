@@ -57,6 +57,11 @@ class MobileFaceNetConfig(BackboneConfig):
     scale: int = MISSING
 
 
+@dataclass
+class TorchvisionConfig(BackboneConfig):
+    dropout: float = MISSING
+
+
 # ---- loss heads ---------------------------------------------------------------------------------
 @dataclass
 class LossConfig:
@@ -191,7 +196,7 @@ class TrainConfig:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "backbone": {"iresnet": IResNetConfig, "mobilefacenet": MobileFaceNetConfig},
+    "backbone": {"iresnet": IResNetConfig, "mobilefacenet": MobileFaceNetConfig, "torchvision": TorchvisionConfig},
     "loss": {"softmax": SoftmaxConfig, "cosface": CosFaceConfig, "arcface": ArcFaceConfig},
     "dataset": {"synthetic": SyntheticConfig, "rec": DatasetConfig},
     "optimizer": {"sgd": SGDConfig, "adamw": AdamWConfig},

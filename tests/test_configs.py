@@ -35,7 +35,7 @@ def test_backbone_configs_build(name):
     assert cfg.backbone.name == name
     if name in ("r100", "r200"):  # building is enough; a forward pass of these is slow on CPU
         model = build_backbone(name, cfg.embedding_size, **hparams(cfg.backbone))
-        assert model.fc.out_features == 512
+        assert model.output.fc.out_features == 512
         return
     model = build_backbone(name, 64, **hparams(cfg.backbone)).eval()
     with torch.no_grad():

@@ -30,7 +30,7 @@ def test_short_run_per_head(run_cli, tmp_path, loss):
     assert "step 0 val synthetic_val" in log and "step 6/6" in log
 
 
-@pytest.mark.parametrize("backbone", ["r18", "mbf"])
+@pytest.mark.parametrize("backbone", ["r18", "mbf", "mobilenet_v2"])
 def test_short_run_per_backbone_family(run_cli, tmp_path, backbone):
     result = run_cli(*SMOKE, f"backbone={backbone}", "trainer.max_steps=2", "trainer.batch_size=4",
                      "eval.at_start=false", "embedding_size=128")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from facetrain.backbones.embedding import FlattenEmbedding
 from facetrain.backbones.registry import BACKBONES
 
 STAGE_DEPTHS = {
@@ -67,12 +68,7 @@ class IResNet(nn.Module):
                 blocks.append(IBasicBlock(in_channels, width, stride=2 if i == 0 else 1))
                 in_channels = width
         self.stages = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(in_channels, eps=1e-5)
-        self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(in_channels * 7 * 7, embedding_size)
-        self.features = nn.BatchNorm1d(embedding_size, eps=1e-5)
-        nn.init.constant_(self.features.weight, 1.0)
-        self.features.weight.requires_grad = False
+        self.output = FlattenEmbedding(in_channels, 7, embedding_size, dropout)
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -88,9 +84,7 @@ class IResNet(nn.Module):
                     nn.init.constant_(module.residual[-1].weight, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
-        x = self.dropout(torch.flatten(self.bn(x), 1))
-        return self.features(self.fc(x))
+        return self.output(self.stages(self.stem(x)))
 
 
 def _register(name: str) -> None:
