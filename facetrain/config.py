@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import II, MISSING
 
 
 class Precision(Enum):
@@ -37,6 +37,16 @@ class ArcFaceVariant(Enum):
     fallback = "fallback"  # cos(theta+m) while theta+m <= pi, else cos - m*sin(m) (insightface)
     easy = "easy"  # cos(theta+m) where cos > 0, else cos
     plain = "plain"  # cos(theta+m) everywhere
+
+
+class ElasticKind(Enum):
+    arc = "arc"  # cos(theta + m_i)
+    cos = "cos"  # cos(theta) - m_i
+
+
+class ElasticAssignment(Enum):
+    paper = "paper"  # ElasticFace+: the sample closest to its centre gets the smallest margin
+    official = "official"  # the official code's margin[argsort(cos)] indexing
 
 
 # ---- backbone -----------------------------------------------------------------------------------
@@ -86,13 +96,116 @@ class ArcFaceConfig(LossConfig):
     variant: ArcFaceVariant = MISSING
 
 
+@dataclass
+class NormFaceConfig(LossConfig):
+    s: float = MISSING
+
+
+@dataclass
+class CenterLossConfig(LossConfig):
+    lambda_c: float = MISSING
+    alpha: float = MISSING
+    base: str = MISSING  # the wrapped head (a configs/loss name), built with base_args
+    base_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SphereFaceConfig(LossConfig):
+    m: int = MISSING
+    base: float = MISSING
+    gamma: float = MISSING
+    power: float = MISSING
+    lambda_min: float = MISSING
+
+
+@dataclass
+class CombinedMarginConfig(LossConfig):
+    s: float = MISSING
+    m1: float = MISSING
+    m2: float = MISSING
+    m3: float = MISSING
+
+
+@dataclass
+class X2SoftmaxConfig(LossConfig):
+    s: float = MISSING
+    a: float = MISSING
+    h: float = MISSING
+    k: float = MISSING
+    straight_through: bool = MISSING
+
+
+@dataclass
+class AdaFaceConfig(LossConfig):
+    s: float = MISSING
+    m: float = MISSING
+    h: float = MISSING
+    t_alpha: float = MISSING
+
+
+@dataclass
+class MagFaceConfig(LossConfig):
+    s: float = MISSING
+    l_a: float = MISSING
+    u_a: float = MISSING
+    l_m: float = MISSING
+    u_m: float = MISSING
+    lambda_g: float = MISSING
+    variant: ArcFaceVariant = MISSING
+
+
+@dataclass
+class CurricularFaceConfig(LossConfig):
+    s: float = MISSING
+    m: float = MISSING
+    t_alpha: float = MISSING
+
+
+@dataclass
+class ElasticFaceConfig(LossConfig):
+    s: float = MISSING
+    m: Optional[float] = MISSING  # null: 0.5 for kind=arc, 0.35 for kind=cos
+    sigma: float = MISSING
+    kind: ElasticKind = MISSING
+    plus: bool = MISSING
+    plus_assignment: ElasticAssignment = MISSING
+
+
+@dataclass
+class SubCenterArcFaceConfig(LossConfig):
+    s: float = MISSING
+    m: float = MISSING
+    k: int = MISSING
+    variant: ArcFaceVariant = MISSING
+
+
 # ---- datasets -----------------------------------------------------------------------------------
+@dataclass
+class AugmentConfig:
+    """CPU-side extras (albumentations), each with its probability (0 = off); randomness from
+    (seed, epoch, index). The horizontal flip is ``trainer.hflip``, applied on the device."""
+
+    seed: int = II("seed")
+    random_resized_crop: float = 0.0
+    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])  # area fraction kept
+    color_jitter: float = 0.0
+    jitter_strength: float = 0.2  # brightness, contrast, saturation +- this; hue +- a quarter of it
+    grayscale: float = 0.0
+    blur: float = 0.0
+    jpeg_compression: float = 0.0
+    jpeg_quality: list[int] = field(default_factory=lambda: [40, 95])
+    coarse_dropout: float = 0.0  # one occluding rectangle
+    dropout_size: list[float] = field(default_factory=lambda: [0.1, 0.3])  # its sides, fraction of the image
+
+
 @dataclass
 class DatasetConfig:
     name: str = MISSING
     root: Optional[str] = MISSING
     num_classes: Optional[int] = MISSING
     val_targets: list[str] = MISSING
+    max_bad_fraction: float = 0.001  # unreadable samples are skipped with a warning; more than this stops the run
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -161,12 +274,15 @@ class TrainerConfig:
     channels_last: bool = True
     cudnn_benchmark: bool = True
     progress_bar: bool = True
+    max_nonfinite: int = 5  # stop after this many consecutive NaN/Inf steps (fp32/bf16; 0: never stop)
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 1000
-    keep_last: int = 3
+    every_steps: int = 1000  # 0: only at the end (and on preemption)
+    keep_last: int = 3  # newest step_N.pt files kept; 0 keeps all
+    save_best: bool = True  # also keep best.pt, the weights with the best best_metric accuracy
+    best_metric: Optional[str] = None  # an eval target; null: the first of eval.targets
 
 
 @dataclass
@@ -197,7 +313,13 @@ class TrainConfig:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "backbone": {"iresnet": IResNetConfig, "mobilefacenet": MobileFaceNetConfig, "torchvision": TorchvisionConfig},
-    "loss": {"softmax": SoftmaxConfig, "cosface": CosFaceConfig, "arcface": ArcFaceConfig},
+    "loss": {
+        "softmax": SoftmaxConfig, "normface": NormFaceConfig, "center": CenterLossConfig, "sphereface": SphereFaceConfig,
+        "cosface": CosFaceConfig, "arcface": ArcFaceConfig, "combined": CombinedMarginConfig,
+        "x2softmax": X2SoftmaxConfig, "adaface": AdaFaceConfig, "magface": MagFaceConfig,
+        "curricularface": CurricularFaceConfig, "elasticface": ElasticFaceConfig,
+        "subcenter_arcface": SubCenterArcFaceConfig,
+    },
     "dataset": {"synthetic": SyntheticConfig, "rec": DatasetConfig},
     "optimizer": {"sgd": SGDConfig, "adamw": AdamWConfig},
     "scheduler": {"poly": PolyConfig, "multistep": MultiStepConfig, "cosine": CosineConfig},

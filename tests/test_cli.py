@@ -18,7 +18,7 @@ def test_cfg_job_prints_resolved_overrides(run_cli):
     ("args", "expected"),
     [
         (["trainer.bach_size=4"], "unknown config key 'trainer.bach_size'"),
-        (["loss=nope"], "unknown loss 'nope'; choose one of: arcface, cosface, softmax"),
+        (["loss=nope"], "unknown loss 'nope'; choose one of: adaface, arcface, center, combined, cosface,"),
         (["backbone=r9"], "unknown backbone 'r9'; choose one of:"),
         (["trainer.batch_size=abc"], "invalid value for trainer.batch_size"),
         (["loss.variant=weird"], "invalid value for loss.variant"),

@@ -8,22 +8,28 @@ import pytest
 import torch
 
 import facetrain
-from tests.conftest import SMOKE, only_run_dir
+from tests.conftest import REPO, SMOKE, only_run_dir
 
 
 def _metrics(run_dir):
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("loss", ["softmax", "cosface", "arcface"])
+HEAD_RUNS = [[f"loss={p.stem}"] for p in sorted((REPO / "configs" / "loss").glob("*.yaml"))]
+HEAD_RUNS.append(["loss=center", "loss.base=arcface"])  # center loss on a margin head
+
+
+@pytest.mark.parametrize("loss", HEAD_RUNS, ids=lambda args: "+".join(a.split("=", 1)[1] for a in args))
 def test_short_run_per_head(run_cli, tmp_path, loss):
-    result = run_cli(*SMOKE, f"loss={loss}")
+    result = run_cli(*SMOKE, *loss)
     assert result.returncode == 0, result.stderr
     run_dir = only_run_dir(tmp_path / "outputs")
     metrics = _metrics(run_dir)
     assert metrics["step"] == 6 and metrics["train_loss"] > 0
     assert 0.0 <= metrics["val"]["synthetic_val"]["accuracy"] <= 1.0
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000000003.pt", "step_000000006.pt"]
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt"))
+    assert checkpoints == ["step_000000003.pt", "step_000000006.pt"]
+    assert all((run_dir / "checkpoints" / f"{name}.sha256").is_file() for name in checkpoints)
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     log = (run_dir / "train.log").read_text()
@@ -91,3 +97,11 @@ def test_ddp_two_processes_share_one_run_dir(run_cli, tmp_path):
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert list((run_dir / ".hydra").iterdir())  # rank 0 saved the config; nobody else wrote a second copy
     assert (run_dir / "train.log").read_text().count("step 6/6") == 1
+
+
+def test_resume_auto_without_an_earlier_run_starts_a_fresh_one(run_cli, tmp_path):
+    result = run_cli(*SMOKE, "resume=auto", "trainer.max_steps=2", "eval.at_start=false", "eval.targets=[]")
+    assert result.returncode == 0, result.stderr
+    assert "resume=auto: no earlier run of 'mbf_arcface_synthetic' with a checkpoint" in result.stderr
+    run_dir = only_run_dir(tmp_path / "outputs")
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and _metrics(run_dir)["step"] == 2

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from facetrain.heads import margin, softmax  # noqa: F401  (registers the entries)
+from facetrain.heads import adaptive, center, curricular, elastic, margin, softmax, sphereface, x2softmax  # noqa: F401
 from facetrain.heads.base import Head, HeadOutput, MarginHead
 from facetrain.heads.registry import HEADS
 

@@ -1,7 +1,11 @@
-"""Additive margin heads on the target angle: CosFace and ArcFace."""
+"""Fixed-margin heads on normalised features: NormFace, CosFace, ArcFace, combined margin, sub-center ArcFace.
+
+Also the angle helpers the other margin heads share: :func:`sine`, :func:`angle`, :func:`arc_margin`.
+"""
 from __future__ import annotations
 
 import math
+from typing import Union
 
 import torch
 
@@ -10,10 +14,55 @@ from facetrain.heads.registry import HEADS
 
 _SIN_EPS = 1e-12  # keeps sqrt's gradient finite at cos = +-1
 
+Margin = Union[float, torch.Tensor]  # one margin, or one per sample ([N, 1])
+ARC_VARIANTS = ("fallback", "easy", "plain")
+
+
+def check_choice(value: str, options: tuple[str, ...], what: str) -> str:
+    """``value`` if it is one of ``options``; a ValueError naming them otherwise."""
+    if value not in options:
+        raise ValueError(f"{what} '{value}' is not one of {options}")
+    return value
+
 
 def sine(cos: torch.Tensor) -> torch.Tensor:
     """``sin(theta)`` for theta in [0, pi], with a finite gradient at cos = +-1."""
     return torch.sqrt((1.0 - cos * cos).clamp_min(_SIN_EPS))
+
+
+def angle(cos: torch.Tensor) -> torch.Tensor:
+    """``theta = arccos(cos)`` in [0, pi] with a finite gradient at cos = +-1 (arccos' is infinite there)."""
+    return torch.atan2(sine(cos), cos)
+
+
+def _cos_sin(m: Margin) -> tuple[Margin, Margin]:
+    return (torch.cos(m), torch.sin(m)) if isinstance(m, torch.Tensor) else (math.cos(m), math.sin(m))
+
+
+def arc_margin(cos: torch.Tensor, m: Margin, variant: str = "plain") -> torch.Tensor:
+    """``cos(theta + m)``, treating ``theta + m > pi`` (where it stops decreasing) as ``variant`` says:
+
+    ``plain``: the formula everywhere; ``fallback`` (insightface): ``cos - m*sin(m)`` once
+    ``theta > pi - m``; ``easy``: ``cos(theta + m)`` only where ``cos > 0``, else ``cos``.
+    """
+    cos_m, sin_m = _cos_sin(m)
+    target = cos * cos_m - sine(cos) * sin_m
+    if variant == "fallback":
+        return torch.where(cos > -cos_m, target, cos - m * sin_m)  # -cos(m) = cos(pi - m)
+    if variant == "easy":
+        return torch.where(cos > 0, target, cos)
+    return target
+
+
+@HEADS.register("normface")
+class NormFace(MarginHead):
+    """NormFace (Wang et al., ACM MM 2017): logits ``s * cos(theta_j)`` for every class, no margin."""
+
+    def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0) -> None:
+        super().__init__(embedding_size, num_classes, s)
+
+    def target_cosine(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return cos_target
 
 
 @HEADS.register("cosface")
@@ -24,40 +73,81 @@ class CosFace(MarginHead):
         super().__init__(embedding_size, num_classes, s)
         self.m = m
 
-    def target_cosine(self, cos_target: torch.Tensor) -> torch.Tensor:
+    def target_cosine(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         return cos_target - self.m
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, m={self.m}"
 
 
 @HEADS.register("arcface")
 class ArcFace(MarginHead):
     """ArcFace (Deng et al., CVPR 2019): target ``s * cos(theta + m)``.
 
-    ``cos(theta + m)`` is not monotonic once ``theta + m > pi``. Variants:
+    ``cos(theta + m)`` is not monotonic once ``theta + m > pi``. Variants (:func:`arc_margin`):
     ``fallback`` (default; insightface's official code): ``cos - m*sin(m)`` where ``theta > pi - m``;
     ``easy``: ``cos(theta + m)`` only where ``cos > 0``, else ``cos``;
     ``plain``: ``cos(theta + m)`` everywhere (the bare formula of the paper).
     """
 
-    variants = ("fallback", "easy", "plain")
-
     def __init__(
-        self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, variant: str = "fallback"
+        self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, variant: str = "fallback",
+        centres_per_class: int = 1,
     ) -> None:
-        super().__init__(embedding_size, num_classes, s)
-        if variant not in self.variants:
-            raise ValueError(f"ArcFace variant '{variant}' is not one of {self.variants}")
-        self.m, self.variant = m, variant
-        self.cos_m, self.sin_m = math.cos(m), math.sin(m)
-        self.threshold = math.cos(math.pi - m)  # cos(theta) below this means theta + m > pi
-        self.fallback_margin = math.sin(math.pi - m) * m
+        super().__init__(embedding_size, num_classes, s, centres_per_class)
+        self.m, self.variant = m, check_choice(variant, ARC_VARIANTS, "ArcFace variant")
 
-    def target_cosine(self, cos_target: torch.Tensor) -> torch.Tensor:
-        cos_theta_m = cos_target * self.cos_m - sine(cos_target) * self.sin_m
-        if self.variant == "fallback":
-            return torch.where(cos_target > self.threshold, cos_theta_m, cos_target - self.fallback_margin)
-        if self.variant == "easy":
-            return torch.where(cos_target > 0, cos_theta_m, cos_target)
-        return cos_theta_m
+    def target_cosine(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return arc_margin(cos_target, self.m, self.variant)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, m={self.m}, variant={self.variant}"
+
+
+@HEADS.register("combined")
+class CombinedMargin(MarginHead):
+    """Combined margin (ArcFace paper, Deng et al., CVPR 2019): target ``s * (cos(m1*theta + m2) - m3)``.
+
+    All three margins are honoured (arcface_torch's ``CombinedMarginLoss`` drops ``m1`` and ``m2``
+    whenever ``m3 > 0``; its original mxnet code, like this head, applies the formula as written).
+    """
+
+    def __init__(
+        self, embedding_size: int, num_classes: int, s: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2
+    ) -> None:
+        super().__init__(embedding_size, num_classes, s)
+        self.m1, self.m2, self.m3 = m1, m2, m3
+
+    def target_cosine(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return torch.cos(self.m1 * angle(cos_target) + self.m2) - self.m3
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
+
+
+@HEADS.register("subcenter_arcface")
+class SubCenterArcFace(ArcFace):
+    """Sub-center ArcFace (Deng et al., ECCV 2020): ``k`` sub-centres per class, ``cos(theta_j)`` is the
+    largest cosine to class ``j``'s sub-centres, then ArcFace's margin on the target.
+
+    ``weight`` is ``[num_classes * k, embedding_size]``, class-major: rows ``j*k .. j*k + k-1`` are class
+    ``j``'s sub-centres (:attr:`subcenters` is the ``[num_classes, k, embedding_size]`` view). The paper's
+    later step (drop non-dominant sub-centres, clean the data, retrain) is left to the user.
+    """
+
+    def __init__(
+        self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, k: int = 3,
+        variant: str = "fallback",
+    ) -> None:
+        super().__init__(embedding_size, num_classes, s, m, variant, centres_per_class=k)
+        self.k = k
+
+    @property
+    def subcenters(self) -> torch.Tensor:
+        return self.weight.view(self.num_classes, self.k, self.embedding_size)
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return super().cosine(embeddings).view(-1, self.num_classes, self.k).amax(dim=2)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, k={self.k}"

@@ -1,0 +1,68 @@
+"""SphereFace / A-Softmax: a multiplicative angular margin on unnormalised features."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from facetrain.heads.base import Head
+from facetrain.heads.registry import HEADS
+
+
+def chebyshev(cos: torch.Tensor, m: int) -> torch.Tensor:
+    """``cos(m * theta)`` as the Chebyshev polynomial ``T_m(cos theta)`` (smooth at cos = +-1)."""
+    previous, current = torch.ones_like(cos), cos
+    for _ in range(m - 1):
+        previous, current = current, 2.0 * cos * current - previous
+    return current if m > 0 else previous
+
+
+def psi(cos: torch.Tensor, m: int) -> torch.Tensor:
+    """``(-1)^k cos(m theta) - 2k`` with ``k = floor(m theta / pi)``: decreasing on [0, pi], equal to
+    ``cos(m theta)`` on [0, pi/m]."""
+    with torch.no_grad():
+        k = torch.floor(m * torch.acos(cos) / math.pi).clamp(0, m - 1)
+    return (1.0 - 2.0 * torch.remainder(k, 2)) * chebyshev(cos, m) - 2.0 * k
+
+
+@HEADS.register("sphereface")
+class SphereFace(Head):
+    """SphereFace / A-Softmax (Liu et al., CVPR 2017). Class centres normalised, features not, no scale.
+
+    Logits ``||x|| cos(theta_j)``; target ``||x|| (lambda cos(theta) + psi(theta)) / (1 + lambda)`` with
+    ``lambda = max(lambda_min, base * (1 + gamma * it)^-power)``. ``it`` is the buffer ``iteration``,
+    incremented before use by every training forward (as the official Caffe layer does); defaults are the
+    official prototxt's (m=4, base=1000, gamma=0.12, power=1, lambda_min=5). Differs from the official
+    code in one respect: gradients are autograd's exact ones, where the Caffe layer hand-writes a
+    rescaled backward.
+    """
+
+    def __init__(
+        self, embedding_size: int, num_classes: int, m: int = 4, base: float = 1000.0, gamma: float = 0.12,
+        power: float = 1.0, lambda_min: float = 5.0,
+    ) -> None:
+        super().__init__(embedding_size, num_classes)
+        if m < 1:
+            raise ValueError(f"SphereFace margin m must be a positive integer, got {m}")
+        self.m, self.base, self.gamma, self.power, self.lambda_min = m, base, gamma, power, lambda_min
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+
+    def annealing(self) -> torch.Tensor:
+        """The current ``lambda`` (a tensor: no host sync)."""
+        it = self.iteration.to(torch.float64)
+        return (self.base * (1.0 + self.gamma * it) ** -self.power).clamp_min(self.lambda_min)
+
+    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.iteration += 1
+        cos = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1.0, 1.0)
+        index = labels.view(-1, 1)
+        cos_target = cos.gather(1, index)
+        lam = self.annealing().to(cos.dtype)
+        target = (lam * cos_target + psi(cos_target, self.m)) / (1.0 + lam)
+        return embeddings.norm(dim=1, keepdim=True) * cos.scatter(1, index, target)
+
+    def extra_repr(self) -> str:
+        return (f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, m={self.m}, base={self.base}, "
+                f"gamma={self.gamma}, power={self.power}, lambda_min={self.lambda_min}")
