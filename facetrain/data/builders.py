@@ -5,9 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from torch.utils.data import Dataset
-
-from facetrain.data.datasets import RecordDataset
+from facetrain.data.augment import SampleTransform, build_augment
+from facetrain.data.datasets import DEFAULT_MAX_BAD_FRACTION, FaceDataset, RecordDataset
+from facetrain.data.imagefolder import ImageFolderDataset
 from facetrain.data.synthetic import SyntheticSpec, ensure_synthetic, synthetic_root
 from facetrain.engine.distributed import barrier, dist_info
 from facetrain.errors import ConfigError, DataError
@@ -18,32 +18,49 @@ DATASETS: Registry = Registry("dataset")
 
 @dataclass
 class TrainData:
-    dataset: Dataset
+    dataset: FaceDataset
     num_classes: int
-    root: Path
+    root: Path  # where verification targets named in eval.targets are looked up
 
 
 @DATASETS.register("synthetic")
-def synthetic(root: Optional[str], num_classes: int, **spec: Any) -> TrainData:
+def synthetic(root: Optional[str], num_classes: int, transform: Optional[SampleTransform], max_bad_fraction: float,
+              **spec: Any) -> TrainData:
     """Generate (rank 0, once) and open the synthetic identities dataset."""
     spec_ = SyntheticSpec(num_classes=num_classes, **spec)
     if dist_info().is_main:
         ensure_synthetic(spec_, root)
     barrier()
     path = synthetic_root(spec_, root)
-    return TrainData(RecordDataset(path), num_classes, path)
+    return TrainData(RecordDataset(path, transform, max_bad_fraction), num_classes, path)
 
 
-@DATASETS.register("rec")
-def rec(root: Optional[str], num_classes: Optional[int]) -> TrainData:
-    """Any insightface-layout RecordIO folder."""
+def rec(root: Optional[str], num_classes: Optional[int], transform: Optional[SampleTransform],
+        max_bad_fraction: float) -> TrainData:
+    """Any insightface-layout RecordIO folder (MS1Mv3 and CASIA-WebFace as insightface ships them)."""
+    dataset = RecordDataset(_require(root), transform, max_bad_fraction)
+    return TrainData(dataset, _check_classes(num_classes, dataset.num_classes, root), dataset.root)
+
+
+for _name in ("rec", "ms1mv3", "casia_webface"):
+    DATASETS.register(_name)(rec)
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(root: Optional[str], num_classes: Optional[int], transform: Optional[SampleTransform],
+                max_bad_fraction: float) -> TrainData:
+    """``root/<identity>/*.jpg`` or a list file of ``path label`` lines."""
+    dataset = ImageFolderDataset(_require(root), transform, max_bad_fraction)
+    return TrainData(dataset, _check_classes(num_classes, dataset.num_classes, root), dataset.root)
+
+
+def _require(root: Optional[str]) -> str:
     if not root:
-        raise ConfigError("dataset.root is not set", "pass dataset.root=<folder with train.rec, train.idx, property>")
-    dataset = RecordDataset(root)
-    return TrainData(dataset, _check_classes(num_classes, dataset.num_classes, root), Path(root))
+        raise ConfigError("dataset.root is not set", "pass dataset.root=<the dataset's folder>")
+    return root
 
 
-def _check_classes(configured: Optional[int], found: int, root: str) -> int:
+def _check_classes(configured: Optional[int], found: int, root: Optional[str]) -> int:
     if configured is not None and configured != found:
         raise DataError(f"dataset.num_classes={configured} but {root} holds {found} classes",
                         f"set dataset.num_classes={found} (or null to infer it)")
@@ -51,18 +68,23 @@ def _check_classes(configured: Optional[int], found: int, root: str) -> int:
 
 
 def build_train_data(name: str, **hparams: Any) -> TrainData:
-    """The training data of ``dataset=<name>``; ``val_targets`` is not the builder's business."""
+    """The training data of ``dataset=<name>`` with its ``augment`` transform; ``val_targets`` is not
+    the builder's business."""
     hparams.pop("val_targets", None)
-    return DATASETS.get(name)(**hparams)
+    transform = build_augment(**hparams.pop("augment", {}))
+    return DATASETS.get(name)(transform=transform, max_bad_fraction=hparams.pop("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION), **hparams)
 
 
 def resolve_targets(targets: list[str], root: Path) -> dict[str, Path]:
-    """``name -> path`` of each verification target: ``<root>/<name>.bin`` or a path to a ``.bin``."""
+    """``name -> path`` of each verification target: ``<root>/<name>.bin``, or a path to a ``.bin``."""
     resolved = {}
     for target in targets:
-        path = Path(target) if target.endswith(".bin") else root / f"{target}.bin"
+        is_path = target.endswith(".bin") or "/" in target
+        path = Path(target) if is_path else root / f"{target}.bin"
         if not path.is_file():
-            raise DataError(f"verification target '{target}' not found at {path}",
+            present = sorted(p.stem for p in root.glob("*.bin")) if root.is_dir() else []
+            raise DataError(f"verification target '{target}' not found at {path}"
+                            + (f" ({root} has: {', '.join(present)})" if present else ""),
                             "put <name>.bin in dataset.root, pass a .bin path, or set eval.targets=[]")
-        resolved[path.stem if target.endswith(".bin") else target] = path
+        resolved[path.stem if is_path else target] = path
     return resolved
