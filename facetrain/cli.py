@@ -11,6 +11,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 
 from facetrain.config import register_schemas
 from facetrain.engine.distributed import cleanup, init_distributed
+from facetrain.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from facetrain.engine.run_dir import agree_on_run_stamp, register_resolvers
 from facetrain.errors import FacetrainError
 
@@ -36,7 +37,11 @@ def defer_errors(task: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def run_cli(hydra_main: Callable[[], Any]) -> None:
-    """Run a ``@hydra.main`` function; on failure print one line naming problem and fix, exit non-zero."""
+    """Run a ``@hydra.main`` function; on failure print one line naming problem and fix, exit non-zero.
+
+    Exit codes: 0 done, 1 crash, 2 bad input or a diverged run (NaN/Inf), 75 stopped by
+    SIGTERM/SIGUSR1 with a checkpoint saved (run again with resume=auto), 130 Ctrl-C.
+    """
     wants_traceback = os.environ.get(FULL_ERROR_ENV) == "1"
     os.environ[FULL_ERROR_ENV] = "1"  # let exceptions reach us instead of Hydra's multi-line report
     os.environ["OC_CAUSE"] = "1"  # keep the original exception behind OmegaConf's wrapper
@@ -51,6 +56,9 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("facetrain: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Preempted as exc:
+        print(f"facetrain: {exc}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
         if wants_traceback:
             raise

@@ -13,12 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from facetrain.backbones import build_backbone
 from facetrain.data import build_train_data, resolve_targets
-from facetrain.engine.checkpoint import load_checkpoint
 from facetrain.engine.distributed import dist_info
 from facetrain.engine.logging import setup_logging
 from facetrain.engine.model import FaceModel
 from facetrain.engine.optim import build_optimizer, build_scheduler
-from facetrain.engine.resume import merge_resume_config, resume_checkpoint
+from facetrain.engine.resume import check_same_data, load_resume_state, merge_resume_config
+from facetrain.engine.run_dir import has_checkpoints
 from facetrain.engine.trainer import Trainer, TrainerSettings
 from facetrain.errors import ConfigError
 from facetrain.eval.callback import VerificationCallback
@@ -53,6 +53,24 @@ def select_amp_dtype(precision: str, device: torch.device) -> Optional[torch.dty
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+_AT_LEAST = {"trainer.batch_size": 1, "trainer.max_epochs": 1, "trainer.log_every": 1, "trainer.num_workers": 0,
+             "trainer.max_nonfinite": 0, "checkpoint.every_steps": 0, "checkpoint.keep_last": 0,
+             "eval.every_steps": 0, "eval.batch_size": 1}
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """Refuse out-of-range trainer, checkpoint and eval numbers with one line naming the key."""
+    limits = {**_AT_LEAST, **({"trainer.max_steps": 1} if cfg.trainer.max_steps is not None else {})}
+    for key, least in limits.items():
+        value = OmegaConf.select(cfg, key)
+        if value < least:
+            raise ConfigError(f"{key}={value} is out of range", f"pass {key}=<an integer >= {least}>")
+    if not 0.0 <= cfg.trainer.hflip <= 1.0:
+        raise ConfigError(f"trainer.hflip={cfg.trainer.hflip} is not a probability", "pass a value in [0, 1]")
+    if cfg.trainer.grad_clip is not None and cfg.trainer.grad_clip <= 0:
+        raise ConfigError(f"trainer.grad_clip={cfg.trainer.grad_clip} must be positive", "pass e.g. 5, or null to disable")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -63,11 +81,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train as ``cfg`` says (resuming if ``cfg.resume`` is set); returns the final metrics."""
     dist = dist_info()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    checkpoint = None
-    if cfg.resume is not None:
-        checkpoint = load_checkpoint(resume_checkpoint(run_dir))
-        cfg = merge_resume_config(cfg, list(HydraConfig.get().overrides.task), checkpoint["config"])
     setup_logging(run_dir, dist.is_main)
+    checkpoint = None
+    if cfg.resume is not None and has_checkpoints(run_dir):
+        checkpoint = load_resume_state(run_dir)
+        cfg = merge_resume_config(cfg, list(HydraConfig.get().overrides.task), checkpoint["config"])
+    elif cfg.resume == "auto":
+        log.info(f"resume=auto: no earlier run of '{cfg.name}' with a checkpoint, starting a fresh one")
+    check_numbers(cfg)
     log.info(f"run directory {run_dir}" + (f" (resuming at step {checkpoint['step']})" if checkpoint else ""))
 
     seed_everything(cfg.seed + dist.rank)
@@ -75,6 +96,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
     data = build_train_data(cfg.dataset.name, **hparams(cfg.dataset))
     log.info(f"dataset {cfg.dataset.name}: {len(data.dataset)} images of {data.num_classes} identities at {data.root}")
+    if checkpoint is not None:
+        check_same_data(checkpoint, len(data.dataset), data.num_classes)
 
     backbone = build_backbone(cfg.backbone.name, cfg.embedding_size, **hparams(cfg.backbone))
     head = build_head(cfg.loss.name, cfg.embedding_size, data.num_classes, **hparams(cfg.loss))
@@ -95,12 +118,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if dist.is_main and cfg.eval.targets:
         evaluator = VerificationCallback(resolve_targets(list(cfg.eval.targets), data.root), device,
                                          cfg.eval.batch_size, cfg.eval.flip.value, cfg.trainer.channels_last)
+        if cfg.checkpoint.best_metric is not None and cfg.checkpoint.best_metric not in evaluator.sets:
+            raise ConfigError(f"checkpoint.best_metric={cfg.checkpoint.best_metric} is not an eval target",
+                              f"choose one of: {', '.join(evaluator.sets)} (or null for the first)")
     settings = TrainerSettings(
         run_dir=run_dir, total_steps=total_steps, batch_size=cfg.trainer.batch_size, seed=cfg.seed, device=device,
         amp_dtype=select_amp_dtype(cfg.trainer.precision.value, device), grad_clip=cfg.trainer.grad_clip,
         log_every=cfg.trainer.log_every, num_workers=cfg.trainer.num_workers, hflip=cfg.trainer.hflip,
         channels_last=cfg.trainer.channels_last, checkpoint_every=cfg.checkpoint.every_steps,
-        keep_last=cfg.checkpoint.keep_last, eval_every=cfg.eval.every_steps, eval_at_start=cfg.eval.at_start,
+        keep_last=cfg.checkpoint.keep_last, save_best=cfg.checkpoint.save_best, best_metric=cfg.checkpoint.best_metric,
+        max_nonfinite=cfg.trainer.max_nonfinite, eval_every=cfg.eval.every_steps, eval_at_start=cfg.eval.at_start,
         progress_bar=cfg.trainer.progress_bar, config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
     )
     trainer = Trainer(model, optimizer, scheduler, data.dataset, settings, dist, evaluator)

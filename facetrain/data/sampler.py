@@ -1,10 +1,10 @@
 """A distributed, resumable sampler: the epoch's order depends only on (seed, epoch)."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 class ResumableDistributedSampler(Sampler[int]):
@@ -13,7 +13,8 @@ class ResumableDistributedSampler(Sampler[int]):
 
     def __init__(self, size: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         self.size, self.batch_size, self.rank, self.world_size, self.seed = size, batch_size, rank, world_size, seed
-        self.batches_per_epoch = size // (batch_size * world_size)
+        self.global_batch = batch_size * world_size
+        self.batches_per_epoch = size // self.global_batch
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -22,10 +23,23 @@ class ResumableDistributedSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.size, generator=generator)
-        global_batch = self.batch_size * self.world_size
         for batch in range(self.start_batch, self.batches_per_epoch):
-            start = batch * global_batch + self.rank * self.batch_size
+            start = batch * self.global_batch + self.rank * self.batch_size
             yield from order[start : start + self.batch_size].tolist()
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+class WithIndex(Dataset):
+    """``dataset[i]`` followed by ``i``: the sample index travels with its batch, so per-sample
+    randomness can be keyed by it (see :func:`facetrain.data.transforms.sample_uniform`)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return (*self.dataset[index], index)

@@ -1,60 +1,136 @@
-"""Checkpoint files: atomic writes, the newest-valid lookup, and rotation of old ones."""
+"""Checkpoint files: atomic writes with a sha256 sidecar, verified loads, the newest-valid lookup,
+and rotation of old ones.
+
+``checkpoints/step_000000040.pt`` is written to a temp file while its sha256 is computed, the digest
+goes to ``step_000000040.pt.sha256`` (``sha256sum -c`` format), then the temp file is fsynced and
+renamed. A file whose digest does not match its sidecar, or that torch cannot read, is corrupt.
+"""
 from __future__ import annotations
 
-import os
+import errno
+import hashlib
+import logging
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from facetrain.errors import ResumeError
+from facetrain.engine.atomic import atomic_write, remove_stale_temps
+from facetrain.errors import FacetrainError, ResumeError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+BEST_NAME = "best.pt"
+CHECKSUM_SUFFIX = ".sha256"
+CORRUPT_SUFFIX = ".corrupt"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+_CHUNK = 1 << 20
+
+log = logging.getLogger("facetrain")
+
+
+class CheckpointError(FacetrainError):
+    """A checkpoint could not be written."""
+
+
+class CorruptCheckpointError(ResumeError):
+    """A checkpoint fails its checksum or cannot be read."""
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
     return directory / f"step_{step:09d}.pt"
 
 
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
-    """Checkpoints in ``directory``, oldest first."""
+    """Step checkpoints in ``directory``, oldest first."""
     if not directory.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(state: dict[str, Any], directory: Path, step: int, keep_last: int) -> Path:
-    """Write ``state`` atomically (temp file, fsync, rename), then keep only the newest ``keep_last``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_path(directory, step)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+def newest_checkpoint(directory: Path) -> Optional[Path]:
+    checkpoints = list_checkpoints(directory)
+    return checkpoints[-1] if checkpoints else None
+
+
+class _HashingWriter:
+    """A write-only file wrapper that computes the sha256 of what passes through it."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.sha256 = file, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
+    """Write ``state`` to ``path`` atomically with its sha256 sidecar.
+
+    Raises CheckpointError (one line: the file, the reason, the fix) if the disk is full or the
+    folder is not writable; files written earlier are left as they were.
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
-        old.unlink(missing_ok=True)
+        with atomic_write(path) as f:
+            writer = _HashingWriter(f)
+            torch.save({"format_version": FORMAT_VERSION, **state}, writer)
+            with atomic_write(checksum_path(path), "w") as sidecar:
+                sidecar.write(f"{writer.sha256.hexdigest()}  {path.name}\n")
+    except OSError as exc:
+        reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}.get(
+                      exc.errno, exc.strerror or str(exc))
+        raise CheckpointError(f"could not write checkpoint {path}: {reason}",
+                              "free space or fix the folder's permissions (earlier checkpoints are intact), "
+                              f"then continue with resume={path.parent.parent}") from None
     return path
 
 
+def rotate_checkpoints(directory: Path, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` step checkpoints (all when 0) and clear killed writes' temp files."""
+    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
+        old.unlink(missing_ok=True)
+        checksum_path(old).unlink(missing_ok=True)
+    remove_stale_temps(directory)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: Path) -> None:
+    """Raise CorruptCheckpointError if ``path`` does not match its sidecar (none: nothing to check)."""
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        return
+    recorded = sidecar.read_text().split()
+    if file_sha256(path) != (recorded[0] if recorded else ""):
+        raise CorruptCheckpointError(f"checkpoint {path} does not match its sha256 ({sidecar.name})",
+                                     "it is truncated or corrupt; delete it to fall back to an older one")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU; a ResumeError names the file if it is unreadable or too new."""
+    """Verify and load a checkpoint on the CPU; a ResumeError names the file if it is corrupt or too new."""
+    verify_checksum(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ResumeError(f"checkpoint {path} is unreadable ({exc.__class__.__name__})",
-                          "it is truncated or corrupt; delete it to fall back to an older one") from None
+        raise CorruptCheckpointError(f"checkpoint {path} is unreadable ({exc.__class__.__name__})",
+                                     "it is truncated or corrupt; delete it to fall back to an older one") from None
     version = state.get("format_version", 0) if isinstance(state, dict) else 0
     if version > FORMAT_VERSION:
         raise ResumeError(f"checkpoint {path} has format version {version}, newer than this facetrain's {FORMAT_VERSION}",
@@ -62,9 +138,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def newest_checkpoint(directory: Path) -> Optional[Path]:
-    checkpoints = list_checkpoints(directory)
-    return checkpoints[-1] if checkpoints else None
+def load_newest_valid(directory: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest step checkpoint that verifies and loads; corrupt ones are reported and set aside
+    as ``<name>.corrupt`` (a checkpoint from a newer facetrain is an error, not corruption)."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return path, load_checkpoint(path)
+        except CorruptCheckpointError as exc:
+            aside = path.with_name(path.name + CORRUPT_SUFFIX)
+            path.replace(aside)
+            log.warning(f"warning: {exc.problem}; moved it to {aside.name} and trying the previous checkpoint")
+    raise ResumeError(f"{directory} holds no readable checkpoint", "start a fresh run (drop resume=...)")
 
 
 def rng_state() -> dict[str, Any]:

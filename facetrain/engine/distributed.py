@@ -65,6 +65,15 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return gathered
 
 
+def all_reduce_max(value: int) -> int:
+    """The largest ``value`` over all ranks, through a CPU tensor (gloo: no device sync)."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -1,4 +1,5 @@
-"""Resuming: the saved config plus this command's overrides, refusing changes to what is trained."""
+"""Resuming: the newest valid checkpoint, the saved config plus this command's overrides, and
+refusal of anything that would change what is trained."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from facetrain.config import IDENTITY_KEYS, TrainConfig
-from facetrain.engine.checkpoint import newest_checkpoint
+from facetrain.engine.checkpoint import load_checkpoint, load_newest_valid, newest_checkpoint
+from facetrain.engine.distributed import broadcast_object, dist_info
 from facetrain.engine.run_dir import CHECKPOINT_DIR
 from facetrain.errors import ResumeError
 
@@ -55,3 +57,32 @@ def resume_checkpoint(run_dir: Path) -> Path:
     if path is None:
         raise ResumeError(f"{run_dir} holds no checkpoint", "resume a run that saved one, or start a fresh run")
     return path
+
+
+def load_resume_state(run_dir: Path) -> dict[str, Any]:
+    """The newest checkpoint of ``run_dir`` that verifies: rank 0 finds it (reporting and setting
+    aside corrupt ones), every other rank loads the same file."""
+    found: Any = None
+    state: dict[str, Any] = {}
+    if dist_info().is_main:
+        try:
+            path, state = load_newest_valid(run_dir / CHECKPOINT_DIR)
+            found = path
+        except ResumeError as exc:
+            found = exc
+    found = broadcast_object(found)
+    if isinstance(found, ResumeError):
+        raise found
+    return state if dist_info().is_main else load_checkpoint(found)
+
+
+def check_same_data(state: dict[str, Any], images: int, classes: int) -> None:
+    """Refuse to continue a run on a dataset of another size or class count (a moved root is fine)."""
+    saved = state.get("data")
+    if saved is None:
+        return
+    changed = [f"{key} ({saved[key]} then, {now} now)" for key, now in (("images", images), ("classes", classes))
+               if saved[key] != now]
+    if changed:
+        raise ResumeError(f"cannot resume on a different dataset: number of {' and '.join(changed)}",
+                          "point dataset.root at the data the run was started with, or start a fresh run")

@@ -13,6 +13,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
+from facetrain.engine.checkpoint import list_checkpoints
 from facetrain.engine.distributed import broadcast_object, dist_info
 from facetrain.errors import ResumeError
 
@@ -33,24 +34,28 @@ def agree_on_run_stamp() -> str:
 
 
 def has_checkpoints(run_dir: Path) -> bool:
-    return any((run_dir / CHECKPOINT_DIR).glob("*.pt"))
+    """Whether ``run_dir`` holds a step checkpoint to resume from (``best.pt`` alone is not one)."""
+    return bool(list_checkpoints(run_dir / CHECKPOINT_DIR))
 
 
-def newest_run(output_root: str, name: str) -> Path:
-    """The newest run directory of experiment ``name`` that holds a checkpoint."""
+def newest_run(output_root: str, name: str) -> Optional[Path]:
+    """The newest run directory of experiment ``name`` that holds a checkpoint, if any."""
     runs = sorted(p for p in Path(output_root, name).glob("*") if p.is_dir() and has_checkpoints(p))
-    if not runs:
-        raise ResumeError(f"resume=auto found no run of '{name}' with a checkpoint under {output_root}/{name}",
-                          "start a fresh run (drop resume=auto) or pass resume=<run_dir>")
-    return runs[-1]
+    return runs[-1] if runs else None
+
+
+def fresh_run_dir(output_root: str, name: str) -> str:
+    return str(Path(output_root, name, os.environ.get(STAMP_ENV) or new_run_stamp()))
 
 
 def resolve_run_dir(output_root: str, name: str, resume: Optional[str]) -> str:
-    """The run directory: a new timestamped one, the newest run (``auto``), or the one given."""
+    """The run directory: a new timestamped one, the newest run of ``name`` (``auto``; a new one if
+    there is none yet, so a job script can always pass resume=auto), or the one given."""
     if resume is None:
-        return str(Path(output_root, name, os.environ.get(STAMP_ENV) or new_run_stamp()))
+        return fresh_run_dir(output_root, name)
     if resume == "auto":
-        return str(newest_run(output_root, name))
+        newest = newest_run(output_root, name)
+        return str(newest) if newest is not None else fresh_run_dir(output_root, name)
     run_dir = Path(resume)
     if not run_dir.is_dir():
         raise ResumeError(f"resume={resume} is not a directory", "pass resume=<run_dir> of an earlier run, or resume=auto")
@@ -60,11 +65,14 @@ def resolve_run_dir(output_root: str, name: str, resume: Optional[str]) -> str:
     return str(run_dir)
 
 
-def hydra_subdir(resume: Optional[str]) -> Optional[str]:
-    """Where Hydra saves the composed config: nowhere on ranks > 0; beside, not over, the original on resume."""
+def hydra_subdir(run_dir: str) -> Optional[str]:
+    """Where Hydra saves the composed config: nowhere on ranks > 0; ``.hydra`` in a new run, beside
+    (not over) the original when continuing one."""
     if not dist_info().is_main:
         return None
-    return ".hydra" if resume is None else f".hydra/resume_{os.environ.get(STAMP_ENV) or new_run_stamp()}"
+    if not Path(run_dir, ".hydra", "config.yaml").is_file():
+        return ".hydra"
+    return f".hydra/resume_{os.environ.get(STAMP_ENV) or new_run_stamp()}"
 
 
 def register_resolvers() -> None:

@@ -16,11 +16,17 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from facetrain.data.sampler import ResumableDistributedSampler
+from facetrain.data.sampler import ResumableDistributedSampler, WithIndex
 from facetrain.data.transforms import normalize, random_hflip
-from facetrain.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
-from facetrain.engine.distributed import DistInfo, all_gather_objects, barrier
+from facetrain.engine.atomic import atomic_write
+from facetrain.engine.checkpoint import (BEST_NAME, checkpoint_path, rng_state, rotate_checkpoints, save_checkpoint,
+                                         set_rng_state)
+from facetrain.engine.distributed import DistInfo, all_gather_objects, barrier, broadcast_object
 from facetrain.engine.model import FaceModel
+from facetrain.engine.nonfinite import NonFiniteGuard
+from facetrain.engine.preemption import Preempted, StopRequest, ignore_stop_signals
+from facetrain.engine.run_dir import CHECKPOINT_DIR
+from facetrain.errors import ResumeError
 from facetrain.eval.callback import VerificationCallback
 
 log = logging.getLogger("facetrain")
@@ -43,6 +49,9 @@ class TrainerSettings:
     channels_last: bool
     checkpoint_every: int
     keep_last: int
+    save_best: bool
+    best_metric: Optional[str]  # an eval target; None = the first one
+    max_nonfinite: int
     eval_every: int
     eval_at_start: bool
     progress_bar: bool
@@ -65,22 +74,33 @@ class Trainer:
         self.s, self.dist, self.evaluator = settings, dist, evaluator
         self.model = model
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.scaler = torch.amp.GradScaler(settings.device.type, enabled=settings.amp_dtype == torch.float16)
+        # fp16 scales the loss dynamically; in fp32/bf16 the scale stays 1 and the scaler only finds
+        # NaN/Inf gradients and skips those updates on the device (no per-step host sync).
+        dynamic = settings.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(settings.device.type, init_scale=2.0**16 if dynamic else 1.0)
+        self.fixed_scale = None if dynamic else 1.0
         self.ddp: nn.Module = model
         if dist.enabled:
             device_ids = [settings.device.index] if settings.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+        self.dataset = dataset
         self.sampler = ResumableDistributedSampler(len(dataset), settings.batch_size, dist.rank, dist.world_size, settings.seed)
         if self.sampler.batches_per_epoch == 0:
             raise ValueError(f"the dataset has {len(dataset)} images, fewer than one global batch of "
                              f"{settings.batch_size * dist.world_size}")
         self.loader = DataLoader(
-            dataset, batch_size=settings.batch_size, sampler=self.sampler, drop_last=True,
+            WithIndex(dataset), batch_size=settings.batch_size, sampler=self.sampler, drop_last=True,
             num_workers=settings.num_workers, pin_memory=settings.device.type == "cuda",
-            persistent_workers=settings.num_workers > 0,
+            persistent_workers=settings.num_workers > 0, worker_init_fn=ignore_stop_signals,
+            generator=torch.Generator().manual_seed(settings.seed),  # keeps the global RNG untouched
         )
-        self.flip_generator = torch.Generator(device=settings.device)
-        self.step = 0
+        self.step = self.epoch = self.batch = 0  # optimizer steps; position in the data
+        self.window_loss = torch.zeros((), device=settings.device)  # sums since the last log line
+        self.window_grad_norm = torch.zeros((), device=settings.device)
+        self.window_steps, self.window_start = 0, time.perf_counter()
+        self.guard = NonFiniteGuard(settings.device, settings.max_nonfinite)
+        self.stop = StopRequest()
+        self.saved_step = -1
         self.best: dict[str, dict[str, float]] = {}
         self.last_val: dict[str, dict[str, float]] = {}
         self.last_loss: Optional[float] = None
@@ -92,50 +112,60 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train to ``total_steps``; returns the final metrics (also written to ``metrics.json``)."""
-        resumed = self.step > 0
-        if self.dist.is_main:
-            self.writer = SummaryWriter(self.s.run_dir / "tensorboard", purge_step=self.step if resumed else None)
-        if not resumed and self.s.eval_at_start:
+        """Train to ``total_steps``; returns the final metrics (also written to ``metrics.json``).
+
+        Raises Preempted after checkpointing when SIGTERM/SIGUSR1 arrives, NonFiniteError when the
+        loss stays NaN/Inf.
+        """
+        if self.dist.is_main:  # a resumed run hides what the killed run logged after its checkpoint
+            self.writer = SummaryWriter(self.s.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
+        if self.step == 0 and self.s.eval_at_start:
             self.evaluate()
         progress = tqdm(total=self.s.total_steps, initial=self.step, disable=not (self.dist.is_main and self.s.progress_bar),
                         dynamic_ncols=True, desc="train")
-        loss_sum = torch.zeros((), device=self.s.device)
-        window_start, window_steps = time.perf_counter(), 0
         self.model.train()
-        while self.step < self.s.total_steps:
-            epoch = self.step // self.steps_per_epoch
-            self.sampler.set_epoch(epoch, self.step % self.steps_per_epoch)
-            for images, labels in self.loader:
-                loss_sum += self.train_step(images, labels)
-                self.step += 1
-                window_steps += 1
-                progress.update(1)
-                if self.step % self.s.log_every == 0 or self.step == self.s.total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    self.log_train(loss_sum / window_steps, window_steps, elapsed, progress)
-                    loss_sum.zero_()
-                    window_start, window_steps = time.perf_counter(), 0
-                done = self.step == self.s.total_steps
-                if self.s.eval_every > 0 and self.step % self.s.eval_every == 0 or done:
-                    self.evaluate()
-                if self.s.checkpoint_every > 0 and self.step % self.s.checkpoint_every == 0 or done:
-                    self.save()
-                if done:
-                    break
+        with self.stop:
+            while self.step < self.s.total_steps:
+                self.start_epoch()
+                for images, labels, indices in self.loader:
+                    self.train_step(images, labels, indices)
+                    progress.update(1)
+                    done = self.step == self.s.total_steps
+                    if self.due(self.s.log_every) or done:
+                        self.log_train(progress)
+                        self.guard.check()
+                    improved = self.evaluate() if self.due(self.s.eval_every) or done else False
+                    checkpoint_due = self.due(self.s.checkpoint_every) or done
+                    if checkpoint_due or improved:
+                        self.save(step_file=checkpoint_due, best=improved)
+                    if done:
+                        break
+                    if (signal_name := self.stop.agreed()) is not None:
+                        log.info(f"step {self.step}: {signal_name} received, saving a checkpoint and stopping")
+                        self.save()
+                        raise Preempted(signal_name, self.step, self.s.run_dir)
         progress.close()
         metrics = self.metrics()
         if self.writer is not None:
             self.writer.close()
         return metrics
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One optimizer step; returns the loss as a device tensor (no host sync)."""
+    def start_epoch(self) -> None:
+        """Point the sampler at the current position and tell the dataset the epoch its per-sample
+        augmentation is keyed by (read by DataLoader workers when the epoch's iteration starts)."""
+        self.sampler.set_epoch(self.epoch, self.batch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+
+    def due(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
+        """One optimizer step, then advance the position in the data; no host sync."""
         device = self.s.device
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        self.flip_generator.manual_seed(hash((self.s.seed, self.dist.rank, self.step)) & (2**63 - 1))
-        images = normalize(random_hflip(images, self.flip_generator, self.s.hflip))
+        images = normalize(random_hflip(images, indices, self.s.seed, self.epoch, self.s.hflip))
         if self.s.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         autocast = (torch.autocast(device.type, dtype=self.s.amp_dtype) if self.s.amp_dtype is not None
@@ -143,36 +173,63 @@ class Trainer:
         with autocast:
             output = self.ddp(images, labels)
         self.scaler.scale(output.loss).backward()
+        self.scaler.unscale_(self.optimizer)
         if self.s.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
+        else:
+            grad_norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        self.scaler.step(self.optimizer)  # skipped on the device when a gradient is NaN/Inf
+        self.scaler.update(self.fixed_scale)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return output.loss.detach()
+
+        loss = output.loss.detach()
+        bad = ~torch.isfinite(loss)
+        if self.fixed_scale is not None:  # with a dynamic fp16 scale, overflowing gradients are routine
+            bad |= ~torch.isfinite(grad_norm)
+        self.step += 1
+        self.guard.update(self.step, loss, bad)
+        self.window_loss += loss
+        self.window_grad_norm += grad_norm
+        self.window_steps += 1
+        self.batch += 1
+        if self.batch == self.steps_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
 
     # ---- logging and evaluation ---------------------------------------------------------------------
-    def log_train(self, mean_loss: torch.Tensor, steps: int, elapsed: float, progress: tqdm) -> None:
-        if not self.dist.is_main:
-            return
-        self.last_loss = float(mean_loss)  # the only host sync, once per log interval
-        lr = self.optimizer.param_groups[0]["lr"]
-        throughput = steps * self.s.batch_size * self.dist.world_size / max(elapsed, 1e-9)
-        epoch = self.step / self.steps_per_epoch
-        progress.set_postfix(loss=f"{self.last_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{throughput:.0f}", refresh=False)
-        log.info(f"step {self.step}/{self.s.total_steps} epoch {epoch:.2f} loss {self.last_loss:.4f} "
-                 f"lr {lr:.3e} {throughput:.1f} img/s")
-        assert self.writer is not None
-        self.writer.add_scalar("train/loss", self.last_loss, self.step)
-        self.writer.add_scalar("train/lr", lr, self.step)
-        self.writer.add_scalar("train/throughput", throughput, self.step)
-        self.writer.add_scalar("train/epoch", epoch, self.step)
+    def log_train(self, progress: tqdm) -> None:
+        """Log the means since the last log line (rank 0: the only per-interval host sync) and reset them."""
+        if self.dist.is_main:
+            self.last_loss = float(self.window_loss / self.window_steps)
+            grad_norm = float(self.window_grad_norm / self.window_steps)
+            lr = self.optimizer.param_groups[0]["lr"]
+            elapsed = time.perf_counter() - self.window_start
+            throughput = self.window_steps * self.s.batch_size * self.dist.world_size / max(elapsed, 1e-9)
+            epoch = self.step / self.steps_per_epoch
+            progress.set_postfix(loss=f"{self.last_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{throughput:.0f}", refresh=False)
+            log.info(f"step {self.step}/{self.s.total_steps} epoch {epoch:.2f} loss {self.last_loss:.4f} "
+                     f"grad_norm {grad_norm:.3g} lr {lr:.3e} {throughput:.1f} img/s")
+            assert self.writer is not None
+            for name, value in (("loss", self.last_loss), ("grad_norm", grad_norm), ("lr", lr),
+                                ("throughput", throughput), ("epoch", epoch)):
+                self.writer.add_scalar(f"train/{name}", value, self.step)
+        self.window_loss.zero_()
+        self.window_grad_norm.zero_()
+        self.window_steps, self.window_start = 0, time.perf_counter()
 
-    def evaluate(self) -> None:
-        """Verification on rank 0 (the other ranks wait), logged and written to ``metrics.json``."""
+    def evaluate(self) -> bool:
+        """Verification on rank 0 (the other ranks wait), logged and written to ``metrics.json``.
+
+        Returns, on every rank, whether the best-checkpoint metric improved (never at step 0).
+        """
+        improved = False
         if self.dist.is_main and self.evaluator is not None:
             results = self.evaluator(self.model.backbone)
+            target = self.s.best_metric or next(iter(results))
+            improved = (self.s.save_best and self.step > 0
+                        and results[target]["accuracy"] > self.best.get(target, {}).get("accuracy", -1.0))
+            if improved:
+                log.info(f"step {self.step} {target} accuracy improved: saving {BEST_NAME}")
             self.last_val = results
             for name, result in results.items():
                 if result["accuracy"] > self.best.get(name, {}).get("accuracy", -1.0):
@@ -183,7 +240,7 @@ class Trainer:
                 log.info(f"step {self.step} val {name}: accuracy {result['accuracy']:.4f} +- {result['std']:.4f} "
                          f"({result['pairs']} pairs, best {self.best[name]['accuracy']:.4f})")
             self.write_metrics()
-        barrier()
+        return bool(broadcast_object(improved))
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -196,7 +253,8 @@ class Trainer:
 
     def write_metrics(self) -> None:
         if self.dist.is_main:
-            (self.s.run_dir / "metrics.json").write_text(json.dumps(self.metrics(), indent=2) + "\n")
+            with atomic_write(self.s.run_dir / "metrics.json", "w") as f:
+                f.write(json.dumps(self.metrics(), indent=2) + "\n")
 
     # ---- checkpoints ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -207,9 +265,12 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
-            "epoch": self.step // self.steps_per_epoch,
-            "batch_in_epoch": self.step % self.steps_per_epoch,
-            "sampler_seed": self.s.seed,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch,
+            "global_batch": self.sampler.global_batch,
+            "sampler_seed": self.sampler.seed,
+            "data": {"images": self.sampler.size, "classes": self.model.head.num_classes},
+            "window": {"loss": self.window_loss.cpu(), "grad_norm": self.window_grad_norm.cpu(), "steps": self.window_steps},
             "best": self.best,
             "last_val": self.last_val,
             "last_loss": self.last_loss,
@@ -217,23 +278,53 @@ class Trainer:
             "config": self.s.config,
         }
 
-    def save(self) -> None:
-        """Checkpoint on rank 0, with every rank's random state."""
+    def save(self, step_file: bool = True, best: bool = False) -> None:
+        """Checkpoint on rank 0 with every rank's random state: ``step_N.pt`` (once per step) and,
+        when ``best``, ``best.pt``. A NaN/Inf state is never written (NonFiniteError instead)."""
+        self.guard.check()
+        self.guard.refuse_state(self.model, self.step)
         rng = all_gather_objects(rng_state())
         if self.dist.is_main:
-            path = save_checkpoint({**self.state_dict(), "rng": rng}, self.s.run_dir / "checkpoints", self.step, self.s.keep_last)
-            log.info(f"step {self.step} saved {path}")
+            state = {**self.state_dict(), "rng": rng}
+            directory = self.s.run_dir / CHECKPOINT_DIR
+            if step_file and self.saved_step != self.step:
+                path = save_checkpoint(state, checkpoint_path(directory, self.step))
+                rotate_checkpoints(directory, self.s.keep_last)
+                log.info(f"step {self.step} saved {path}")
+            if best:
+                save_checkpoint(state, directory / BEST_NAME)
+                log.info(f"step {self.step} saved {directory / BEST_NAME}")
             self.write_metrics()
+            assert self.writer is not None
+            self.writer.flush()  # what was logged up to a checkpoint survives a kill -9
+        if step_file:
+            self.saved_step = self.step
         barrier()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by :meth:`save`."""
-        self.model.backbone.load_state_dict(state["backbone"])
-        self.model.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Continue from a checkpoint written by :meth:`save`, at the same place in the data."""
+        try:
+            self.model.backbone.load_state_dict(state["backbone"])
+            self.model.head.load_state_dict(state["head"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as exc:
+            raise ResumeError(f"the checkpoint does not fit the model: {str(exc).strip().splitlines()[0]}",
+                              "resume with the settings the run was started with") from None
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step = state["step"]
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best, self.last_val, self.last_loss = state["best"], state["last_val"], state["last_loss"]
-        if state["world_size"] == self.dist.world_size:
+        window = state.get("window", {"loss": 0.0, "grad_norm": 0.0, "steps": 0})
+        self.window_loss.fill_(window["loss"])
+        self.window_grad_norm.fill_(window["grad_norm"])
+        self.window_steps = window["steps"]
+        global_batch = state.get("global_batch", self.sampler.global_batch)
+        if state["world_size"] == self.dist.world_size and global_batch == self.sampler.global_batch:
             set_rng_state(state["rng"][self.dist.rank])
+            return
+        log.warning(f"warning: the checkpoint was written by {state['world_size']} processes with a global batch of "
+                    f"{global_batch}, this run has {self.dist.world_size} and {self.sampler.global_batch}: it continues "
+                    "at the same place in the data but is not bit-identical to an uninterrupted run")
+        position = self.epoch * self.steps_per_epoch + self.batch * global_batch // self.sampler.global_batch
+        self.epoch, self.batch = divmod(position, self.steps_per_epoch)
