@@ -87,8 +87,12 @@ def target_curves(out: Path, names: list[str]) -> Path:
     ax.set(xlabel="theta: angle to the class centre (degrees)", ylabel="target logit / s",
            title="Target logit f(theta) of every head", xlim=(0, 180), ylim=(-3, 1.1))
     ax.axhline(0, color="grey", lw=0.5)
+    return save_with_legend(fig, ax, out / "target_logits.png")
+
+
+def save_with_legend(fig: plt.Figure, ax: plt.Axes, path: Path) -> Path:
+    """Put the legend right of the axes, save the figure as ``path`` and close it."""
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    path = out / "target_logits.png"
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -122,12 +126,7 @@ def margin_curves(out: Path, names: list[str], points: int, angles: int) -> Path
                     lw=2.2 if name == "x2softmax" else 1.4)
     ax.set(xlabel="phi: angle between the two class centres (degrees)", ylabel="angular margin (degrees)",
            title="Angular margin between two classes (X2-Softmax paper, fig. 4)", xlim=(0, 180), ylim=(0, 120))
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    path = out / "angular_margins.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_with_legend(fig, ax, out / "angular_margins.png")
 
 
 def main(argv: list[str] | None = None) -> None:
