@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Optional
 
@@ -34,7 +35,7 @@ class BadDataError(DataError):
         super().__init__(problem, fix)
 
 
-class FaceDataset(Dataset):
+class FaceDataset(Dataset, ABC):
     """Base class: subclasses set ``num_classes`` and implement ``__len__``, :meth:`load` and :meth:`where`."""
 
     num_classes: int
@@ -45,13 +46,13 @@ class FaceDataset(Dataset):
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._bad = torch.zeros(len(self), dtype=torch.bool).share_memory_()
 
+    @abstractmethod
     def load(self, index: int) -> tuple[np.ndarray, int]:
         """``(RGB uint8 [H,W,3] image, label)`` of sample ``index``; a DataError if it is unreadable."""
-        raise NotImplementedError
 
+    @abstractmethod
     def where(self, index: int) -> str:
         """Where sample ``index`` lives (a file, or a record and its offset), for messages."""
-        raise NotImplementedError
 
     def decode(self, data: bytes, index: int) -> np.ndarray:
         """``data`` decoded and sized ``image_size``; a DataError naming :meth:`where` if it cannot be."""
