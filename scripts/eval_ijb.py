@@ -1,0 +1,89 @@
+"""IJB-B / IJB-C 1:1 verification of a checkpoint: TAR at FAR 1e-6 ... 1e-1, ROC and score histograms.
+
+    python scripts/eval_ijb.py CHECKPOINT_OR_RUN_DIR --ijb-root DIR --target IJBC [--output DIR]
+        [--batch-size 256] [--workers 8] [--device auto] [--flip sum] [--no-detector-score]
+
+``--ijb-root`` is insightface's IJB folder (``loose_crop/`` and ``meta/``), or its parent holding
+``IJBB/`` and ``IJBC/``. Writes ``<target>.json`` (every figure), ``<target>_roc.png``,
+``<target>_scores.png`` (positive/negative score histograms) and ``<target>_scores.npy`` (the score
+of each pair, in the order of the pair file) to ``--output`` (default ``ijb_results``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from facetrain import load_backbone
+from facetrain.cli import run_script
+from facetrain.eval.embed import FLIP_MODES
+from facetrain.eval.ijb import FARS, TARGETS, IJBResult, evaluate_ijb, read_ijb_meta
+from facetrain.eval.image_files import default_workers
+from facetrain.eval.plots import plot_roc, plot_score_histograms
+from facetrain.eval.roc import far_key
+from facetrain.inference import find_checkpoint, resolve_device
+
+
+def format_table(result: IJBResult) -> str:
+    """TAR (%) at each FAR for one target ('-' where the negative pairs cannot resolve it)."""
+    header = ["target", "templates", "pairs"] + [f"TAR@{far_key(f)}" for f in FARS]
+    values = [result.target, str(result.templates), str(len(result.labels))]
+    values += ["-" if (t := result.metrics["tar_at_far"][far_key(f)]) is None else f"{100 * t:.2f}" for f in FARS]
+    widths = [max(len(h), len(v)) for h, v in zip(header, values)]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in (header, values))
+
+
+def write_outputs(result: IJBResult, out: Path, report: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / result.target.lower()
+    np.save(f"{stem}_scores.npy", result.scores.astype(np.float32))
+    (out / f"{result.target.lower()}.json").write_text(json.dumps({**report, **result.summary()}, indent=2) + "\n")
+    if result.curve is not None:
+        plot_roc(result.curve, Path(f"{stem}_roc.png"), result.target, FARS, result.metrics["auc"])
+        plot_score_histograms(result.scores, result.labels, Path(f"{stem}_scores.png"), result.target)
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory (its newest checkpoint)")
+    parser.add_argument("--ijb-root", type=Path, required=True, help="insightface's IJB folder (loose_crop/, meta/)")
+    parser.add_argument("--target", choices=TARGETS, default="IJBC")
+    parser.add_argument("--output", type=Path, default=Path("ijb_results"), help="folder for the JSON, PNGs and scores")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="image loading processes")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--flip", choices=FLIP_MODES, default="sum", help="combine each image with its mirror image")
+    parser.add_argument("--no-detector-score", dest="detector_score", action="store_false",
+                        help="do not weight image features by their detector score")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.workers < 0:
+        parser.error("--batch-size must be at least 1 and --workers at least 0")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+
+    def work() -> None:
+        device = resolve_device(args.device)
+        meta = read_ijb_meta(args.ijb_root, args.target)
+        checkpoint = find_checkpoint(args.checkpoint)
+        backbone = load_backbone(checkpoint, device)
+        result = evaluate_ijb(backbone, meta, device, args.batch_size, args.workers, args.flip, args.detector_score,
+                              args.progress)
+        print(format_table(result))
+        report = {"checkpoint": str(checkpoint), "flip": args.flip, "detector_score": args.detector_score}
+        write_outputs(result, args.output, report)
+        print(f"eval_ijb: wrote {args.output / result.target.lower()}.json, _roc.png, _scores.png and _scores.npy",
+              file=sys.stderr)
+
+    return run_script("eval_ijb", work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
