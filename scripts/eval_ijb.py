@@ -37,14 +37,17 @@ def format_table(result: IJBResult) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in (header, values))
 
 
-def write_outputs(result: IJBResult, out: Path, report: dict) -> None:
+def write_outputs(result: IJBResult, out: Path, report: dict) -> list[Path]:
+    """``<target>.json``, ``_scores.npy`` and (with both kinds of pair) ``_roc.png``, ``_scores.png``."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / result.target.lower()
-    np.save(f"{stem}_scores.npy", result.scores.astype(np.float32))
-    (out / f"{result.target.lower()}.json").write_text(json.dumps({**report, **result.summary()}, indent=2) + "\n")
+    stem = result.target.lower()
+    written = [out / f"{stem}.json", out / f"{stem}_scores.npy"]
+    written[0].write_text(json.dumps({**report, **result.summary()}, indent=2) + "\n")
+    np.save(written[1], result.scores.astype(np.float32))
     if result.curve is not None:
-        plot_roc(result.curve, Path(f"{stem}_roc.png"), result.target, FARS, result.metrics["auc"])
-        plot_score_histograms(result.scores, result.labels, Path(f"{stem}_scores.png"), result.target)
+        written.append(plot_roc(result.curve, out / f"{stem}_roc.png", result.target, FARS, result.metrics["auc"]))
+        written.append(plot_score_histograms(result.scores, result.labels, out / f"{stem}_scores.png", result.target))
+    return written
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -78,9 +81,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                               args.progress)
         print(format_table(result))
         report = {"checkpoint": str(checkpoint), "flip": args.flip, "detector_score": args.detector_score}
-        write_outputs(result, args.output, report)
-        print(f"eval_ijb: wrote {args.output / result.target.lower()}.json, _roc.png, _scores.png and _scores.npy",
-              file=sys.stderr)
+        written = write_outputs(result, args.output, report)
+        print(f"eval_ijb: wrote {', '.join(p.name for p in written)} to {args.output}", file=sys.stderr)
 
     return run_script("eval_ijb", work)
 
