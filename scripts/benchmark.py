@@ -225,7 +225,7 @@ def run_ijb(args: argparse.Namespace) -> None:
     (ids, pooled), seconds = timed(lambda: template_features(features, templates, medias, device))
     rows.append(("templates: pool images per media, then per template, L2-normalise", "s", seconds))
     scores, seconds = timed(lambda: pair_scores(ids, pooled, pairs))
-    rows.append(("scores: cosine of every template pair", "s", seconds))
+    rows.append(("scores: cosine of every template pair (float64)", "s", seconds))
     _, seconds = timed(lambda: roc_metrics(roc(scores, labels), FARS))
     rows.append(("ROC, TAR at 6 FARs, AUC, EER", "s", seconds))
     print("| measurement | unit | value |\n|---|---|---:|")

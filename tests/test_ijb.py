@@ -163,7 +163,7 @@ def test_vectorised_pooling_matches_insightface_loops():
     feats = rng.normal(size=(300, 8)).astype(np.float32)
     pairs = np.array([(a, b) for a in (5, 9, 40) for b in (41, 1000, 5)])
     ids, pooled = template_features(feats, templates, medias)
-    scores = pair_scores(ids, pooled, pairs, batch_size=4)
+    scores = pair_scores(ids, pooled, pairs, block_rows=2)
     np.testing.assert_allclose(scores, insightface_scores(feats, templates, medias, pairs), rtol=1e-6, atol=1e-7)
 
 

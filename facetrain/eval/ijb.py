@@ -12,8 +12,8 @@ maps its five landmarks onto :data:`REFERENCE_LANDMARKS`, embedded with its mirr
 and weighted by its detector score. Image features are averaged per media within a template, the
 media features summed per template and L2-normalised; a pair's score is the cosine of its templates'
 features. TAR at FAR 1e-6 ... 1e-1 by :mod:`facetrain.eval.roc`. Pooling (``index_add``) and scoring
-(batched products on the device) are vectorised: IJB-C's 469k images and 15.7M pairs take no loop
-over images or pairs.
+(matrix products of blocks of templates, on the device) are vectorised: IJB-C's 469k images and
+15.7M pairs take no loop over images or pairs.
 """
 from __future__ import annotations
 
@@ -188,14 +188,23 @@ def template_features(features: np.ndarray, templates: np.ndarray, medias: np.nd
 
 
 def pair_scores(template_ids: np.ndarray, template_feats: torch.Tensor, pairs: np.ndarray,
-                batch_size: int = 1 << 18) -> np.ndarray:
-    """Cosine similarity float64 ``[P]`` of each template pair, ``batch_size`` pairs per batched product."""
-    index = torch.from_numpy(np.searchsorted(template_ids, pairs)).to(template_feats.device)
-    scores = torch.empty(len(pairs), dtype=torch.float64, device=template_feats.device)
-    for start in range(0, len(pairs), batch_size):
-        chunk = index[start : start + batch_size]
-        first, second = template_feats[chunk[:, 0]], template_feats[chunk[:, 1]]
-        scores[start : start + batch_size] = torch.bmm(first.unsqueeze(1), second.unsqueeze(2)).view(-1)
+                block_rows: int = 1024) -> np.ndarray:
+    """Cosine similarity float64 ``[P]`` of each pair of template ids: pairs are grouped by their first
+    template, and each block of ``block_rows`` first templates is scored against every template by
+    one matrix product, from which its pairs' scores are gathered."""
+    device = template_feats.device
+    index = np.searchsorted(template_ids, pairs)
+    order = np.argsort(index[:, 0], kind="stable")
+    firsts, starts = np.unique(index[order, 0], return_index=True)
+    bounds = np.append(starts, len(pairs))
+    order_t, index_t = torch.from_numpy(order).to(device), torch.from_numpy(index).to(device)
+    scores = torch.empty(len(pairs), dtype=torch.float64, device=device)
+    for block in range(0, len(firsts), block_rows):
+        rows = torch.from_numpy(firsts[block : block + block_rows]).to(device)
+        similarity = template_feats[rows] @ template_feats.T  # [rows, templates]
+        chosen = order_t[bounds[block] : bounds[min(block + block_rows, len(firsts))]]
+        local_row = torch.searchsorted(rows, index_t[chosen, 0])
+        scores[chosen] = similarity[local_row, index_t[chosen, 1]]
     return scores.cpu().numpy()
 
 
