@@ -29,12 +29,13 @@ from facetrain.inference import find_checkpoint, resolve_device
 
 
 def format_table(result: IJBResult) -> str:
-    """TAR (%) at each FAR for one target ('-' where the negative pairs cannot resolve it)."""
-    header = ["target", "templates", "pairs"] + [f"TAR@{far_key(f)}" for f in FARS]
-    values = [result.target, str(result.templates), str(len(result.labels))]
-    values += ["-" if (t := result.metrics["tar_at_far"][far_key(f)]) is None else f"{100 * t:.2f}" for f in FARS]
-    widths = [max(len(h), len(v)) for h, v in zip(header, values)]
-    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in (header, values))
+    """TAR (%) at each FAR ('-' where the negative pairs cannot resolve it), under a line of counts."""
+    tars = result.metrics["tar_at_far"]
+    cells = [(far_key(f), "-" if tars[far_key(f)] is None else f"{100 * tars[far_key(f)]:.2f}") for f in FARS]
+    widths = [max(len(a), len(b)) for a, b in cells]
+    return "\n".join([f"{result.target}: {result.templates} templates, {len(result.labels)} pairs; TAR (%) at FAR",
+                      "  ".join(a.rjust(w) for (a, _), w in zip(cells, widths)),
+                      "  ".join(b.rjust(w) for (_, b), w in zip(cells, widths))])
 
 
 def write_outputs(result: IJBResult, out: Path, report: dict) -> list[Path]:

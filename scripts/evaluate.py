@@ -33,7 +33,7 @@ def percent(value: Optional[float]) -> str:
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """One row per target: pairs, accuracy +- std and TAR@FAR=1e-3, in percent."""
-    tar = f"TAR@FAR={far_key(TABLE_FAR)}"
+    tar = f"TAR@FAR={far_key(TABLE_FAR)} (%)"
     rows = [("target", "pairs", "accuracy (%)", tar)]
     rows += [(name, str(r["pairs"]), f"{percent(r['accuracy'])} +- {percent(r['std'])}",
               percent(r["tar_at_far"][far_key(TABLE_FAR)])) for name, r in results.items()]

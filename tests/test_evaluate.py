@@ -69,7 +69,7 @@ def test_evaluate_prints_the_table_and_writes_json(bin_set, tmp_path, capsys):
     assert result.pop("tar_at_far") == expected.pop("tar_at_far") == {"1e-3": None, "1e-4": None}  # 10 negatives
     assert result == pytest.approx(expected) and result["accuracy"] > 0.5
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["target", "pairs", "accuracy", "(%)", "TAR@FAR=1e-3"]
+    assert lines[0].split() == ["target", "pairs", "accuracy", "(%)", "TAR@FAR=1e-3", "(%)"]
     assert lines[1].split() == ["lfw", "20", f"{100 * expected['accuracy']:.2f}", "+-", f"{100 * expected['std']:.2f}", "-"]
 
 

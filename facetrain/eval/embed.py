@@ -44,11 +44,13 @@ def embed_batches(backbone: nn.Module, batches: Iterable[Batch], device: torch.d
     was_training = backbone.training
     backbone.eval()
     outputs = []
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for images in batches:
-            outputs.append(_embed_batch(backbone, images, device, flip, channels_last))
-            bar.update(len(images))
-    backbone.train(was_training)
+    try:
+        with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for images in batches:
+                outputs.append(_embed_batch(backbone, images, device, flip, channels_last))
+                bar.update(len(images))
+    finally:
+        backbone.train(was_training)
     return torch.cat(outputs).numpy() if outputs else np.empty((0, 0), np.float32)
 
 
