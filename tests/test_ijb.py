@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from facetrain.data.images import decode_image, encode_jpeg
 from facetrain.data.synthetic_faces import render_face, sample_identity
