@@ -123,11 +123,15 @@ def verify_checksum(path: Path) -> None:
                                      "it is truncated or corrupt; delete it to fall back to an older one")
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Verify and load a checkpoint on the CPU; a ResumeError names the file if it is corrupt or too new."""
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Verify and load a checkpoint on the CPU; a ResumeError names the file if it is corrupt or too new.
+
+    ``mmap`` maps the file instead of reading it: tensors the caller never touches (a large head, the
+    optimizer state) are not read into memory.
+    """
     verify_checksum(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as exc:
         raise CorruptCheckpointError(f"checkpoint {path} is unreadable ({exc.__class__.__name__})",
                                      "it is truncated or corrupt; delete it to fall back to an older one") from None
