@@ -237,7 +237,9 @@ class Trainer:
         self.last_diagnostics = diagnostics
 
     def reset_window_clock(self) -> None:
+        """Start timing the steps after ``self.step`` (a resumed window's earlier steps were not timed here)."""
         self.window_start, self.window_wait, self.window_paused = time.perf_counter(), 0.0, 0.0
+        self.clock_step = self.step
 
     def log_train(self, progress: Progress) -> None:
         """Log the means since the last log line (rank 0: the only per-interval host sync) and reset them:
@@ -247,11 +249,12 @@ class Trainer:
             means = dict(zip(sums, (torch.stack(list(sums.values())).float() / self.window_steps).tolist()))
             self.last_loss = means["loss"]
             elapsed = max(time.perf_counter() - self.window_start - self.window_paused, 1e-9)
-            step_time = elapsed / self.window_steps
+            timed_steps = self.step - self.clock_step
+            step_time = elapsed / timed_steps
             scalars = {
                 **means,
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "throughput": self.window_steps * self.s.batch_size * self.dist.world_size / elapsed,  # images/s
+                "throughput": timed_steps * self.s.batch_size * self.dist.world_size / elapsed,  # images/s
                 "data_wait": min(self.window_wait / elapsed, 1.0),  # fraction of the time spent waiting for data
                 "epoch": self.step / self.steps_per_epoch,
             }
