@@ -69,6 +69,9 @@ def check_numbers(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.hflip={cfg.trainer.hflip} is not a probability", "pass a value in [0, 1]")
     if cfg.trainer.grad_clip is not None and cfg.trainer.grad_clip <= 0:
         raise ConfigError(f"trainer.grad_clip={cfg.trainer.grad_clip} must be positive", "pass e.g. 5, or null to disable")
+    if cfg.optimizer.reference_batch is not None and cfg.optimizer.reference_batch < 1:
+        raise ConfigError(f"optimizer.reference_batch={cfg.optimizer.reference_batch} is out of range",
+                          "pass the global batch optimizer.lr is given for (an integer >= 1), or null")
 
 
 def seed_everything(seed: int) -> None:
@@ -104,9 +107,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = FaceModel(backbone, head).to(device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model.parameters(), cfg.optimizer.name, fused=device.type == "cuda", **hparams(cfg.optimizer))
-
     global_batch = cfg.trainer.batch_size * dist.world_size
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer.name, fused=device.type == "cuda",
+                                global_batch=global_batch, **hparams(cfg.optimizer))
+    if cfg.optimizer.reference_batch is not None:
+        log.info(f"optimizer.lr {cfg.optimizer.lr:g} is given for a global batch of {cfg.optimizer.reference_batch}: "
+                 f"lr {optimizer.param_groups[0]['lr']:.4g} for this run's global batch of {global_batch} (linear scaling)")
     steps_per_epoch = len(data.dataset) // global_batch
     if steps_per_epoch == 0:
         raise ConfigError(f"the global batch ({global_batch}) is larger than the dataset ({len(data.dataset)} images)",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -24,9 +24,25 @@ def adamw(params: Iterable, lr: float, weight_decay: float, betas: list[float], 
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=fused or None)
 
 
-def build_optimizer(params: Iterable, name: str, fused: bool = False, **hparams: Any) -> torch.optim.Optimizer:
-    """The optimizer registered as ``name``; ``fused`` picks the single-kernel CUDA implementation."""
+def build_optimizer(params: Iterable, name: str, fused: bool = False, global_batch: Optional[int] = None,
+                    reference_batch: Optional[int] = None, **hparams: Any) -> torch.optim.Optimizer:
+    """The optimizer registered as ``name``; ``fused`` picks the single-kernel CUDA implementation.
+
+    With ``reference_batch`` (``optimizer.reference_batch``), ``lr`` is scaled to ``global_batch`` by
+    :func:`scaled_lr`.
+    """
+    if reference_batch is not None:
+        if global_batch is None:
+            raise ValueError("optimizer.reference_batch is set: build_optimizer needs the run's global_batch")
+        hparams["lr"] = scaled_lr(hparams["lr"], global_batch, reference_batch)
     return OPTIMIZERS.get(name)(params, fused=fused, **hparams)
+
+
+def scaled_lr(lr: float, global_batch: int, reference_batch: Optional[int]) -> float:
+    """The linear scaling rule (Goyal et al., 2017): ``lr`` is given for ``reference_batch`` images per
+    optimizer step, so a run with ``global_batch`` images per step uses ``lr * global_batch / reference_batch``.
+    ``reference_batch=None`` leaves ``lr`` as given."""
+    return lr if reference_batch is None else lr * global_batch / reference_batch
 
 
 def _warmup(factor: Callable[[int], float], warmup_steps: int) -> Callable[[int], float]:

@@ -4,11 +4,15 @@
 extra term (:meth:`Head.loss`). Heads compute in fp32 even under autocast (float64 stays float64, for
 gradient checks). Class centres live in ``weight`` ``[num_classes * centres_per_class, embedding_size]``
 (one row per class unless a head says otherwise); state that must survive a restart lives in buffers.
+
+For monitoring, every forward also returns :meth:`Head.diagnostics` (per-sample values, detached) and
+:meth:`Head.stats` names the head's state worth watching; the trainer logs both without knowing the head.
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -20,6 +24,7 @@ from torch import nn
 class HeadOutput:
     loss: torch.Tensor
     logits: torch.Tensor
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N], detached
 
 
 class Head(nn.Module, ABC):
@@ -49,7 +54,27 @@ class Head(nn.Module, ABC):
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
             logits = self.logits(embeddings, labels)
-            return HeadOutput(self.loss(logits, embeddings, labels), logits)
+            loss = self.loss(logits, embeddings, labels)
+            return HeadOutput(loss, logits, self.diagnostics(embeddings, labels, logits))
+
+    @torch.no_grad()
+    def diagnostics(self, embeddings: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample values ``[N]`` to watch during training (device ops only, no host sync): the
+        ``target_logit`` cross-entropy sees, the ``target_angle`` in degrees between the embedding and
+        its class centre (the nearest one, for heads with several per class) and the ``embedding_norm``.
+        A head whose ``weight`` does not hold all its classes' centres overrides this."""
+        centres = self.weight.view(self.num_classes, -1, self.embedding_size)[labels]
+        cos = torch.einsum("nd,nkd->nk", F.normalize(embeddings), F.normalize(centres, dim=2)).amax(dim=1)
+        return {
+            "target_logit": logits.gather(1, labels.view(-1, 1)).squeeze(1),
+            "target_angle": torch.acos(cos.clamp(-1.0, 1.0)) * (180.0 / math.pi),
+            "embedding_norm": embeddings.norm(dim=1),
+        }
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        """The head's state worth watching, as named scalar tensors read at log intervals: by default every
+        scalar floating-point buffer (AdaFace's ``batch_mean`` and ``batch_std``, CurricularFace's ``t``)."""
+        return {name: buffer for name, buffer in self.named_buffers() if buffer.dim() == 0 and buffer.is_floating_point()}
 
 
 class MarginHead(Head):

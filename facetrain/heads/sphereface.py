@@ -53,6 +53,9 @@ class SphereFace(Head):
         it = self.iteration.to(torch.float64)
         return (self.base * (1.0 + self.gamma * it) ** -self.power).clamp_min(self.lambda_min)
 
+    def stats(self) -> dict[str, torch.Tensor]:
+        return {"lambda": self.annealing()}
+
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.training:
             self.iteration += 1
