@@ -125,12 +125,12 @@ def test_the_step_reads_no_tensor_on_the_host_with_the_fused_optimizer(tmp_path,
 def test_flop_count_matches_the_formula(tmp_path):
     """Linear backbone ``in -> d`` and a ``C``-class margin head, batch ``N``: forward ``2N*in*d +
     2N*d*C``; backward the weight gradients of both (same again) and the embedding gradient ``2N*d*C``
-    (the images need none)."""
+    (the images need none); the head's diagnostics add the cosine to each target centre, ``2N*d``."""
     trainer = small_trainer(tmp_path, "trainer.channels_last=false")
     trainer.model.backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * 112 * 112, 32))
     n, inputs, d, classes = 2, 3 * 112 * 112, 32, trainer.model.head.num_classes
     batch = next(in_memory_batches(trainer.dataset, n, 1, CPU))
-    assert step_flops(trainer, batch) == 2 * (2 * n * inputs * d) + 3 * (2 * n * d * classes)
+    assert step_flops(trainer, batch) == 2 * (2 * n * inputs * d) + 3 * (2 * n * d * classes) + 2 * n * d
     assert all(p.grad is None for p in trainer.model.parameters())
 
 
