@@ -20,7 +20,7 @@ from facetrain.data.datasets import FaceDataset
 from facetrain.engine.distributed import DistInfo
 from facetrain.engine.step_benchmark import (PEAK_TFLOPS, RandomFaces, gpu_model, in_memory_batches, peak_tflops,
                                              step_flops)
-from facetrain.errors import DataError
+from facetrain.errors import ConfigError, DataError
 from facetrain.train import build_trainer, check_numbers, seed_everything
 from tests.conftest import REPO
 
@@ -87,15 +87,20 @@ def test_speed_switches_keep_training_results(tmp_path, reference, switch, other
 def test_compile_keeps_training_results(tmp_path, reference):
     _, weights = trained_weights(tmp_path, "trainer.channels_last=false", "trainer.fused_optimizer=false",
                                  "trainer.compile=true")
-    assert_close_states(weights, reference)
-
-
-def test_compile_keeps_state_dict_keys_and_an_eager_backbone_for_evaluation(tmp_path):
-    plain = small_trainer(tmp_path, "trainer.compile=false").model
-    compiled = small_trainer(tmp_path, "trainer.compile=true").model
+    assert_close_states(weights, reference)  # also: the same state_dict keys, so checkpoints load either way
+    plain, compiled = small_trainer(tmp_path).model, small_trainer(tmp_path, "trainer.compile=true").model
     assert plain.compiled_backbone is None and compiled.compiled_backbone is not None
-    assert list(compiled.state_dict()) == list(plain.state_dict())  # checkpoints load either way
     assert type(compiled.backbone) is type(plain.backbone)  # what evaluation calls: not compiled
+
+
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.compile_mode=fastest", "trainer.compile_mode=fastest is not a torch.compile mode"),
+    ("trainer.ddp_bucket_cap_mb=0", "trainer.ddp_bucket_cap_mb=0.0 must be positive")])
+def test_bad_speed_settings_are_refused_naming_the_key(override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        check_numbers(compose_train_config([override], REPO / "configs"))
 
 
 class HostReads(TorchFunctionMode):
