@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py sets it, before torch is imported
+
 import numpy as np
 import torch
 from hydra.errors import HydraException

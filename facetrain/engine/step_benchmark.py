@@ -6,10 +6,12 @@ inside the timed loop, as in training); on the CPU with the host clock.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import statistics
 import time
+import warnings
 from itertools import chain, cycle
 from typing import Any, Iterator, Optional, Sequence
 
@@ -129,6 +131,23 @@ class _Clock:
             torch.cuda.synchronize(self.device)
 
 
+@contextlib.contextmanager
+def _host_syncs(device: torch.device) -> Iterator[Optional[list]]:
+    """On CUDA, the warnings of ``torch.cuda.set_sync_debug_mode("warn")``: one per operation that
+    made the host wait for the GPU. None elsewhere."""
+    if device.type != "cuda":
+        yield None
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield caught
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+
+
 def _spread(values: list[float]) -> dict[str, float]:
     deciles = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else values * 9
     return {"median": statistics.median(values), "p10": deciles[0], "p90": deciles[-1],
@@ -147,7 +166,8 @@ def time_training(trainer: Trainer, batches: Iterator[Batch], warmup: int, steps
 
     ``peak``: the device's peak TFLOP/s (default: :func:`peak_tflops`, None on CPUs). Returns the
     figures as a JSON-ready dict; per-step times are on the device's timeline, the data wait is the
-    host's time blocked waiting for the next batch.
+    host's time blocked waiting for the next batch, and on CUDA ``host_syncs_per_step`` counts the
+    operations in the timed steps that made the host wait for the GPU (0 when the step is sync-free).
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need at least one timed step and no negative warm-up, got {steps} and {warmup}")
@@ -164,15 +184,16 @@ def time_training(trainer: Trainer, batches: Iterator[Batch], warmup: int, steps
 
     starts, begins, ends, data_wait = [], [], [], []  # step start, batch in hand, step end; host waits
     wall_start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(steps):
+    with _host_syncs(device) as syncs:
+        for _ in range(steps):
+            starts.append(clock.mark())
+            waited = time.perf_counter()
+            images, labels, indices = next(batches)
+            data_wait.append((time.perf_counter() - waited) * 1000.0)
+            begins.append(clock.mark())
+            trainer.train_step(images, labels, indices)
+            ends.append(clock.mark())
         starts.append(clock.mark())
-        waited = time.perf_counter()
-        images, labels, indices = next(batches)
-        data_wait.append((time.perf_counter() - waited) * 1000.0)
-        begins.append(clock.mark())
-        trainer.train_step(images, labels, indices)
-        ends.append(clock.mark())
-    starts.append(clock.mark())
     clock.sync()
     wall = time.perf_counter() - wall_start
     cpu = time.process_time() - cpu_start
@@ -204,6 +225,7 @@ def time_training(trainer: Trainer, batches: Iterator[Batch], warmup: int, steps
         "compute_ms_per_step": _spread(compute),
         "data_wait_ms_per_step": _spread(data_wait),
         "data_wait_fraction": sum(data_wait) / 1000.0 / wall,
+        "host_syncs_per_step": None if syncs is None else len(syncs) / steps,
         "process_cpu_s_per_step": cpu / steps,
         "peak_memory_mb": memory,
         "peak_memory_kind": memory_kind,

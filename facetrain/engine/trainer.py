@@ -309,7 +309,8 @@ class Trainer:
         """Log how long the process took to finish its first optimizer step (one sync, once)."""
         if self.s.device.type == "cuda":
             torch.cuda.synchronize(self.s.device)
-        log.info(f"step {self.step}: first optimizer step done {seconds_since_start():.1f} s after the process started")
+        log.info(f"step {self.step}: first optimizer step done {seconds_since_start():.1f} s after the process started "
+                 f"({time.process_time():.1f} s of CPU time)")
 
     def log_epoch_end(self) -> None:
         """Log the unreadable samples skipped so far (every rank's, counted once) as ``data/bad_samples``."""
