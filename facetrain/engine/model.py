@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from facetrain.heads import Head, HeadOutput
+from facetrain.heads.distributed import RowShard
 
 
 class FaceModel(nn.Module):
@@ -17,3 +18,8 @@ class FaceModel(nn.Module):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
         return self.head(self.backbone(images), labels)
+
+    def rank_local_tensors(self) -> dict[str, RowShard]:
+        """Parameters and buffers (by name in this model) that hold only this rank's rows: a sharded
+        head's. DDP leaves them alone and checkpoints gather them."""
+        return {f"head.{name}": shard for name, shard in self.head.rank_local_tensors().items()}
