@@ -4,7 +4,9 @@ accumulation, a dead rank, SLURM's environment, and the config keys."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import Dataset
 
+import facetrain
 import facetrain.engine.trainer as trainer_module
 from facetrain.cli import run_cli
 from facetrain.engine.checkpoint import load_newest_valid
@@ -24,6 +27,7 @@ from facetrain.engine.trainer import Trainer, TrainerSettings
 from facetrain.errors import ConfigError
 from facetrain.heads import build_head
 from facetrain.train import build_model, check_numbers, shards_head
+from tests.conftest import REPO, SMOKE, only_run_dir
 from tests.dist_helpers import run_ranks
 from tests.test_resilience import _composed, scalars
 
@@ -239,3 +243,49 @@ def test_head_parallel_is_typed():
     assert cfg.head.parallel.value == "model" and cfg.trainer.sync_bn and cfg.trainer.grad_accum == 4
     with pytest.raises(Exception, match="parallel"):
         _composed("experiment=smoke", "head.parallel=pipeline")
+
+
+# ---- the real CLI under torchrun (slow: several launcher start-ups) ---------------------------------
+def _torchrun(*flags: str) -> list[str]:
+    return [shutil.which("torchrun") or "torchrun", *flags]
+
+
+CLI_ARGS = [*SMOKE, "eval.at_start=false", "trainer.log_every=1", "checkpoint.every_steps=2"]
+
+
+@pytest.mark.slow
+def test_cli_resumes_a_2_rank_run_on_3_ranks_and_load_backbone_skips_the_head(run_cli, tmp_path):
+    first = run_cli(*CLI_ARGS, "trainer.batch_size=6", "trainer.max_steps=2",
+                    launcher=_torchrun("--standalone", "--nproc_per_node=2"), timeout=600)
+    assert first.returncode == 0, first.stderr
+    run_dir = only_run_dir(tmp_path / "outputs")
+    assert "head split over 2 ranks" in (run_dir / "train.log").read_text()
+    resumed = run_cli(*CLI_ARGS, "trainer.batch_size=4", "trainer.max_steps=4", f"resume={run_dir}",
+                      launcher=_torchrun("--standalone", "--nproc_per_node=3"), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "written by 2 processes with a global batch of 12, this run has 3 and 12" in resumed.stderr
+    state = torch.load(run_dir / "checkpoints" / "step_000000004.pt", weights_only=False)
+    assert state["world_size"] == 3 and state["head"]["weight"].shape == (20, 512)
+    backbone_module = facetrain.load_backbone(run_dir)
+    with torch.no_grad():
+        assert backbone_module(torch.zeros(1, 3, 112, 112)).shape == (1, 512)
+
+
+@pytest.mark.slow
+def test_cli_two_nodes_with_c10d_rendezvous(run_cli, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "FACETRAIN_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    nodes = []
+    for node in range(2):  # two "nodes" of one process each, on this machine
+        command = _torchrun("--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1", "--rdzv_backend=c10d",
+                            f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=facetrain_test")
+        command += [str(REPO / "train.py"), f"output_root={tmp_path / 'outputs'}", *CLI_ARGS, "trainer.max_steps=2"]
+        nodes.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=open(tmp_path / f"node{node}.txt", "w")))
+    assert [node.wait(timeout=600) for node in nodes] == [0, 0], (tmp_path / "node0.txt").read_text()
+    run_dir = only_run_dir(tmp_path / "outputs")
+    log = (run_dir / "train.log").read_text()
+    assert "head split over 2 ranks" in log and log.count("step 2/2") == 1

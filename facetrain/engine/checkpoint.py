@@ -124,10 +124,14 @@ def verify_checksum(path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Verify and load a checkpoint on the CPU; a ResumeError names the file if it is corrupt or too new."""
+    """Verify and load a checkpoint on the CPU; a ResumeError names the file if it is corrupt or too new.
+
+    Tensors are memory-mapped from the file: what is never read (the head, for ``load_backbone``; other
+    ranks' rows of a sharded head) never takes host memory.
+    """
     verify_checksum(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as exc:
         raise CorruptCheckpointError(f"checkpoint {path} is unreadable ({exc.__class__.__name__})",
                                      "it is truncated or corrupt; delete it to fall back to an older one") from None
