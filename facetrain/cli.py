@@ -5,7 +5,7 @@ import functools
 import os
 import re
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from hydra.errors import MissingConfigException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
@@ -67,6 +67,19 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
         sys.exit(2 if _is_user_error(exc) else 1)
     finally:
         cleanup()
+
+
+def run_script(prog: str, work: Callable[[], Optional[int]]) -> int:
+    """A script's exit code: ``work()``'s (0 for None); a :class:`FacetrainError` is printed as
+    ``<prog>: error: <problem>; <fix>`` and gives 2, Ctrl-C gives 130."""
+    try:
+        return work() or 0
+    except FacetrainError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _is_user_error(exc: BaseException) -> bool:

@@ -229,6 +229,9 @@ class OptimizerConfig:
     name: str = MISSING
     lr: float = MISSING
     weight_decay: float = MISSING
+    # The global batch (images per optimizer step, all processes) that ``lr`` is given for: the run uses
+    # lr * its global batch / reference_batch (linear scaling). null: lr is used as given.
+    reference_batch: Optional[int] = None
 
 
 @dataclass

@@ -21,3 +21,7 @@ class DataError(FacetrainError):
 
 class ResumeError(FacetrainError):
     """A run cannot be resumed as asked."""
+
+
+class ModelError(FacetrainError):
+    """A checkpoint or exported model cannot be used as asked."""

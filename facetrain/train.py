@@ -77,6 +77,9 @@ def check_numbers(cfg: DictConfig) -> None:
     if not 0.0 < cfg.head.sample_rate <= 1.0:
         raise ConfigError(f"head.sample_rate={cfg.head.sample_rate} is not in (0, 1]",
                           "pass e.g. 0.1 for Partial FC, or 1.0 to score every class")
+    if cfg.optimizer.reference_batch is not None and cfg.optimizer.reference_batch < 1:
+        raise ConfigError(f"optimizer.reference_batch={cfg.optimizer.reference_batch} is out of range",
+                          "pass the global batch optimizer.lr is given for (an integer >= 1), or null")
 
 
 def shards_head(parallel: str, sample_rate: float, world_size: int) -> bool:
@@ -141,9 +144,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                             cfg.trainer.sync_bn, dist, device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model.parameters(), cfg.optimizer.name, fused=device.type == "cuda", **hparams(cfg.optimizer))
-
-    global_batch = cfg.trainer.batch_size * dist.world_size * cfg.trainer.grad_accum
+    global_batch = cfg.trainer.batch_size * dist.world_size * cfg.trainer.grad_accum  # images per optimizer step
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer.name, fused=device.type == "cuda",
+                                global_batch=global_batch, **hparams(cfg.optimizer))
+    if cfg.optimizer.reference_batch is not None:
+        log.info(f"optimizer.lr {cfg.optimizer.lr:g} is given for a global batch of {cfg.optimizer.reference_batch}: "
+                 f"lr {optimizer.param_groups[0]['lr']:.4g} for this run's global batch of {global_batch} (linear scaling)")
     steps_per_epoch = len(data.dataset) // global_batch
     if steps_per_epoch == 0:
         raise ConfigError(f"the global batch ({global_batch}) is larger than the dataset ({len(data.dataset)} images)",

@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py data ROOT [--workers 1 2 4] [--batch-size 128] [--augment KEY=VALUE ...]
     python scripts/benchmark.py head [--num-classes 2000000] [--world-size 1 2 4 8] [--sample-rate 0.1]
+    python scripts/benchmark.py ijb [--backbone r100] [--images 469375 --templates 23124 --pairs 15658489]
 
 ``data``: how fast the input pipeline feeds a GPU from a dataset folder (a RecordIO folder, identity
 folders or a list file): single-core decode speed of each JPEG decoder, one core's dataset speed
@@ -12,6 +13,10 @@ second of the workers' CPU time, which other load on the machine does not distor
 whole head on one process, the head split over N ranks (model parallel), and Partial FC. Ranks are
 processes joined by NCCL on GPUs when there are enough, else by gloo on the CPU (one thread each; step
 time is then CPU seconds per rank, which other load on the machine does not distort).
+
+``ijb``: the stages of an IJB 1:1 evaluation at IJB-C's scale (random features, templates and
+pairs; synthetic loose crops): alignment per core, embedding images/s on the GPU (or CPU), and the
+seconds of template pooling, pair scoring and the ROC.
 
 A new subcommand is a function ``add_<name>_command(subparsers)`` that sets ``run=`` on its parser,
 listed in ``COMMANDS``.
@@ -280,8 +285,91 @@ def add_head_command(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_head)
 
 
+# ---- ijb --------------------------------------------------------------------------------------------
+def timed(work: Callable[[], Any]) -> tuple[Any, float]:
+    """``(work(), wall-clock seconds)``, waiting for the GPU."""
+    start = time.perf_counter()
+    result = work()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+def loose_crop_jpegs(count: int, seed: int = 0) -> tuple[list[bytes], np.ndarray]:
+    """Synthetic faces placed in 250x250 loose crops by random similarity transforms, and their landmarks."""
+    import cv2
+
+    from facetrain.data.images import encode_jpeg
+    from facetrain.data.synthetic_faces import render_face, sample_identity
+    from facetrain.eval.ijb import REFERENCE_LANDMARKS
+
+    rng = np.random.default_rng(seed)
+    jpegs, landmarks = [], []
+    for _ in range(count):
+        scale, angle = rng.uniform(1.2, 1.6), rng.uniform(-0.4, 0.4)
+        matrix = np.array([[scale * np.cos(angle), -scale * np.sin(angle), rng.uniform(30, 60)],
+                           [scale * np.sin(angle), scale * np.cos(angle), rng.uniform(30, 60)]])
+        jpegs.append(encode_jpeg(cv2.warpAffine(render_face(sample_identity(rng), rng), matrix, (250, 250))))
+        landmarks.append(REFERENCE_LANDMARKS @ matrix[:, :2].T + matrix[:, 2])
+    return jpegs, np.stack(landmarks)
+
+
+def run_ijb(args: argparse.Namespace) -> None:
+    from facetrain.backbones import build_backbone
+    from facetrain.data.images import decode_image
+    from facetrain.eval.embed import embed_batches
+    from facetrain.eval.ijb import FARS, align_face, pair_scores, template_features
+    from facetrain.eval.roc import roc, roc_metrics
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"# IJB-scale 1:1 evaluation on {device}: {args.images:,} images, {args.templates:,} templates, "
+          f"{args.pairs:,} pairs, {args.dim}-d features")
+    rows = []
+    jpegs, landmarks = loose_crop_jpegs(64)
+    torch.set_num_threads(1)
+    rows.append(("align: decode a 250x250 loose-crop JPEG + 5-point similarity warp (one core)", "images/CPU-s",
+                 rate(lambda: sum(1 for j, lm in zip(jpegs, landmarks) if align_face(decode_image(j), lm) is not None),
+                      args.seconds)))
+    torch.set_num_threads(os.cpu_count() or 1)
+    backbone = build_backbone(args.backbone, args.dim).to(device).eval()
+    batch = np.zeros((args.batch_size, 112, 112, 3), np.uint8)
+    embed_batches(backbone, [batch], device)  # warm-up
+    _, seconds = timed(lambda: embed_batches(backbone, [batch] * args.batches, device))
+    rows.append((f"embed: {args.backbone} fp32, image + flip, batches of {args.batch_size}", "images/s",
+                 args.batches * args.batch_size / seconds))
+
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((args.images, args.dim), dtype=np.float32)
+    templates = rng.integers(0, args.templates, args.images)
+    medias = rng.integers(0, args.images // 4, args.images)
+    pairs = rng.integers(0, args.templates, (args.pairs, 2))
+    labels = rng.random(args.pairs) < 0.00125
+    (ids, pooled), seconds = timed(lambda: template_features(features, templates, medias, device))
+    rows.append(("templates: pool images per media, then per template, L2-normalise", "s", seconds))
+    scores, seconds = timed(lambda: pair_scores(ids, pooled, pairs))
+    rows.append(("scores: cosine of every template pair (float64)", "s", seconds))
+    _, seconds = timed(lambda: roc_metrics(roc(scores, labels), FARS))
+    rows.append(("ROC, TAR at 6 FARs, AUC, EER", "s", seconds))
+    print("| measurement | unit | value |\n|---|---|---:|")
+    for name, unit, value in rows:
+        print(f"| {name} | {unit} | {value:,.1f} |")
+
+
+def add_ijb_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("ijb", help="IJB 1:1 stages at full scale on random data")
+    parser.add_argument("--images", type=int, default=469_375, help="IJB-C: 469,375 images")
+    parser.add_argument("--templates", type=int, default=23_124, help="IJB-C: 23,124 templates")
+    parser.add_argument("--pairs", type=int, default=15_658_489, help="IJB-C: 15,658,489 template pairs")
+    parser.add_argument("--dim", type=int, default=512, help="embedding size")
+    parser.add_argument("--backbone", default="r100", help="backbone timed in the embed step")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=10, help="timed embed batches")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time of the single-core alignment measurement")
+    parser.set_defaults(run=run_ijb)
+
+
 # ---- entry ------------------------------------------------------------------------------------------
-COMMANDS = [add_data_command, add_head_command]
+COMMANDS = [add_data_command, add_head_command, add_ijb_command]
 
 
 def main(argv: Optional[list[str]] = None) -> None:

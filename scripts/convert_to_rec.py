@@ -23,11 +23,12 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
+from facetrain.cli import run_script
 from facetrain.data.datasets import RecordDataset
 from facetrain.data.images import decode_image, encode_jpeg, resize_square
 from facetrain.data.imagefolder import list_images
 from facetrain.data.recordio import pack_record, scan_records, unpack_record, write_insightface_folder, write_property, write_records
-from facetrain.errors import DataError, FacetrainError
+from facetrain.errors import DataError
 
 Payload = tuple[Optional[bytes], str]  # (encoded image, or None and why it was skipped)
 
@@ -144,16 +145,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def work() -> None:
         if args.reindex is not None:
             reindex(args.reindex)
         else:
             convert(args.src, args.dst, args.size, args.quality, args.reencode, args.shuffle, args.seed, args.workers,
                     args.progress)
-    except FacetrainError as exc:
-        print(f"convert_to_rec: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_script("convert_to_rec", work)
 
 
 if __name__ == "__main__":

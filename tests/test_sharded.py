@@ -1,5 +1,5 @@
 """Model-parallel heads and Partial FC: the sharded head on 2 and 3 gloo ranks equals the whole head on
-one process (logits, loss, gradients, state), checkpoints re-shard across world sizes, and Partial FC
+one process (logits, loss, gradients, state, monitoring diagnostics and stats), checkpoints re-shard across world sizes, and Partial FC
 scores and steps only the sampled centres."""
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def step(head, embeddings: torch.Tensor, labels: torch.Tensor) -> dict:
     output = head(embeddings, labels)
     output.loss.backward()
     result = {"logits": output.logits.detach(), "loss": output.loss.detach(), "embeddings_grad": embeddings.grad,
-              "weight_grad": dense(head.weight.grad)}
+              "weight_grad": dense(head.weight.grad), "diagnostics": output.diagnostics,
+              "stats": {name: value.clone() for name, value in head.stats().items()}}
     head.zero_grad(set_to_none=True)
     return result
 
@@ -134,6 +135,12 @@ def check_against_reference(out, world_size: int, reference: dict, steps: range)
                 close(got["embeddings_grad"], want["embeddings_grad"][rank * share:(rank + 1) * share],
                       f"{what}: embedding gradient")
                 close(got["weight_grad"], want["weight_grad"][centre_rows], f"{what}: centre gradient")
+                assert got["diagnostics"].keys() == want["diagnostics"].keys() == {"target_logit", "target_angle", "embedding_norm"}
+                for name, values in want["diagnostics"].items():  # of the global batch, on every rank
+                    close(got["diagnostics"][name], values, f"{what}: diagnostic {name}")
+                assert got["stats"].keys() == want["stats"].keys()
+                for name, value in want["stats"].items():
+                    close(got["stats"][name], value, f"{what}: head stat {name}")
 
 
 def test_sharded_heads_equal_the_whole_head_and_resume_from_2_ranks_onto_3(tmp_path, reference):

@@ -86,5 +86,9 @@ def resolve_targets(targets: list[str], root: Path) -> dict[str, Path]:
             raise DataError(f"verification target '{target}' not found at {path}"
                             + (f" ({root} has: {', '.join(present)})" if present else ""),
                             "put <name>.bin in dataset.root, pass a .bin path, or set eval.targets=[]")
-        resolved[path.stem if is_path else target] = path
+        name = path.stem if is_path else target
+        if name in resolved:
+            raise DataError(f"two verification targets are named '{name}' ({resolved[name]} and {path})",
+                            "name each target once (rename one of the .bin files)")
+        resolved[name] = path
     return resolved

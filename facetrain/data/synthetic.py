@@ -24,6 +24,7 @@ from facetrain.data.verification_bin import save_verification_bin
 
 VAL_TARGET = "synthetic_val"
 _TRAIN, _VAL = 0, 1  # stream ids: train and validation identities never share a random stream
+GENERATOR_VERSION = 2  # bump when the rendering changes, so cached copies of older images are not reused
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class SyntheticSpec:
     seed: int
 
     def digest(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        key = {**asdict(self), "generator": GENERATOR_VERSION}
+        return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def default_cache_dir() -> Path:

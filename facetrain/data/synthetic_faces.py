@@ -262,7 +262,7 @@ def _posed_texture(idn: Identity, matrix: np.ndarray, offset: np.ndarray, size: 
 
 def _sample_pose(rng: np.random.Generator, size: int, squeeze: float) -> tuple[np.ndarray, np.ndarray]:
     """Affine map unit face coordinates -> pixels: rotation, scale, horizontal squeeze and shift."""
-    theta, scale = np.deg2rad(rng.uniform(-15, 15)), rng.uniform(0.9, 1.1)
+    theta, scale = np.deg2rad(rng.uniform(-8, 8)), rng.uniform(0.95, 1.05)
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     matrix = rot @ np.diag([scale * squeeze, scale])
     offset = size * (0.5 - matrix @ np.full(2, 0.5)) + rng.uniform(-4, 4, 2)
@@ -271,7 +271,7 @@ def _sample_pose(rng: np.random.Generator, size: int, squeeze: float) -> tuple[n
 
 def _draw_identity(idn: Identity, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """The posed face with expression jitter and skin texture: float RGB ``[3, H, W]``, bool mask ``[H, W]``."""
-    yaw = rng.uniform(-1, 1)
+    yaw = rng.uniform(-0.5, 0.5)
     fx = 0.04 * yaw  # inner features slide sideways while the outline is squeezed: a cheap out-of-plane yaw
     matrix, offset = _sample_pose(rng, size, 1 - 0.12 * abs(yaw))
     opening = rng.uniform(0, 0.025) * (rng.uniform() < 0.5)
@@ -320,10 +320,10 @@ def _occlude(img: np.ndarray, rng: np.random.Generator) -> None:
 
 def _illuminate(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Global gain/contrast, a directional light gradient and a colour cast."""
-    contrast, gain = rng.uniform(0.6, 1.3), rng.uniform(0.6, 1.3)
+    contrast, gain = rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2)
     img = img * np.float32(contrast) + np.float32(img.mean() * (gain - contrast))
-    img *= 1 + np.float32(rng.uniform(0.2, 0.9)) * _ramp(rng, img.shape[1])
-    return img * _rgb(rng, 0.85, 1.15)
+    img *= 1 + np.float32(rng.uniform(0.1, 0.5)) * _ramp(rng, img.shape[1])
+    return img * _rgb(rng, 0.95, 1.05)
 
 
 def _blur(img: np.ndarray, passes: int) -> None:
@@ -338,11 +338,11 @@ def render_face(identity: Identity, rng: np.random.Generator, size: int = 112) -
     face, mask = _draw_identity(identity, rng, size)
     bg0, bg1 = _rgb(rng, 0, 255), _rgb(rng, 0, 255)
     img = np.where(mask, face, bg0 + (bg1 - bg0) * (_ramp(rng, size) + 0.5))  # background: a random colour ramp
-    if rng.uniform() < 0.25:
+    if rng.uniform() < 0.05:
         _occlude(img, rng)
     img = _illuminate(img, rng)
-    if rng.uniform() < 0.3:
+    if rng.uniform() < 0.1:
         _blur(img, int(rng.integers(1, 4)))
-    k = rng.integers(3, 18)  # uniform pixel noise in [-k, k]
+    k = rng.integers(2, 8)  # uniform pixel noise in [-k, k]
     img += rng.integers(-k, k, img.shape, dtype=np.int8, endpoint=True)
     return np.stack(list(np.clip(img, 0, 255).astype(np.uint8)), axis=-1)

@@ -20,12 +20,17 @@ def load_verification_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
     if not path.is_file():
         raise DataError(f"verification set {path} does not exist",
                         "check eval.targets and dataset.root (or pass the .bin path)")
+    fix = "use a pickle of (images, issame_list) as insightface writes them"
     try:
         with open(path, "rb") as f:
-            bins, issame = pickle.load(f, encoding="bytes")
+            content = pickle.load(f, encoding="bytes")
     except Exception as exc:
-        raise DataError(f"{path} is not a verification .bin ({exc.__class__.__name__}: {exc})",
-                        "use a pickle of (images, issame_list) as insightface writes them") from None
+        raise DataError(f"{path} is not a verification .bin ({exc.__class__.__name__}: {exc})", fix) from None
+    if not (isinstance(content, (tuple, list)) and len(content) == 2
+            and all(isinstance(part, (list, tuple, np.ndarray)) for part in content)):
+        raise DataError(f"{path} is not a verification .bin (it holds a {type(content).__name__}, "
+                        "not a pair of lists)", fix)
+    bins, issame = content
     if len(bins) != 2 * len(issame):
         raise DataError(f"{path} has {len(bins)} images for {len(issame)} pairs",
                         "a verification .bin holds exactly two images per pair")

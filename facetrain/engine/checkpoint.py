@@ -123,15 +123,16 @@ def verify_checksum(path: Path) -> None:
                                      "it is truncated or corrupt; delete it to fall back to an older one")
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, mmap: bool = True) -> dict[str, Any]:
     """Verify and load a checkpoint on the CPU; a ResumeError names the file if it is corrupt or too new.
 
-    Tensors are memory-mapped from the file: what is never read (the head, for ``load_backbone``; other
-    ranks' rows of a sharded head) never takes host memory.
+    ``mmap`` (the default) maps the file instead of reading it: tensors the caller never touches (the
+    head, for ``load_backbone``; other ranks' rows of a sharded head; the optimizer state) never take
+    host memory.
     """
     verify_checksum(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as exc:
         raise CorruptCheckpointError(f"checkpoint {path} is unreadable ({exc.__class__.__name__})",
                                      "it is truncated or corrupt; delete it to fall back to an older one") from None

@@ -24,9 +24,18 @@ def adamw(params: Iterable, lr: float, weight_decay: float, betas: list[float], 
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=fused or None)
 
 
-def build_optimizer(params: Iterable, name: str, fused: bool = False, **hparams: Any) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable, name: str, fused: bool = False, global_batch: Optional[int] = None,
+                    reference_batch: Optional[int] = None, **hparams: Any) -> torch.optim.Optimizer:
     """The optimizer registered as ``name``; ``fused`` picks the single-kernel CUDA implementation.
-    Parameters with a row-sparse gradient are stepped on those rows only (:func:`step_sparse_rows`)."""
+
+    With ``reference_batch`` (``optimizer.reference_batch``), ``lr`` is scaled to ``global_batch`` (images
+    per optimizer step) by :func:`scaled_lr`. Parameters with a row-sparse gradient are stepped on those
+    rows only (:func:`step_sparse_rows`).
+    """
+    if reference_batch is not None:
+        if global_batch is None:
+            raise ValueError("optimizer.reference_batch is set: build_optimizer needs the run's global_batch")
+        hparams["lr"] = scaled_lr(hparams["lr"], global_batch, reference_batch)
     optimizer = OPTIMIZERS.get(name)(params, fused=fused, **hparams)
     step_sparse_rows(optimizer)
     return optimizer
@@ -76,6 +85,13 @@ def step_sparse_rows(optimizer: torch.optim.Optimizer) -> None:
 
     optimizer.register_step_pre_hook(narrow)
     optimizer.register_step_post_hook(widen)
+
+
+def scaled_lr(lr: float, global_batch: int, reference_batch: Optional[int]) -> float:
+    """The linear scaling rule (Goyal et al., 2017): ``lr`` is given for ``reference_batch`` images per
+    optimizer step, so a run with ``global_batch`` images per step uses ``lr * global_batch / reference_batch``.
+    ``reference_batch=None`` leaves ``lr`` as given."""
+    return lr if reference_batch is None else lr * global_batch / reference_batch
 
 
 def _warmup(factor: Callable[[int], float], warmup_steps: int) -> Callable[[int], float]:

@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -15,7 +15,6 @@ from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from facetrain.data.sampler import ResumableDistributedSampler, WithIndex
 from facetrain.data.transforms import normalize, random_hflip
@@ -24,11 +23,13 @@ from facetrain.engine.checkpoint import (BEST_NAME, checkpoint_path, rng_state, 
                                          set_rng_state)
 from facetrain.engine.distributed import (DistInfo, all_gather_objects, barrier, broadcast_object, global_grad_norm,
                                           sum_gradients)
+from facetrain.engine.logging import Progress, format_duration
 from facetrain.engine.model import FaceModel
 from facetrain.engine.nonfinite import NonFiniteGuard
 from facetrain.engine.preemption import Preempted, StopRequest, ignore_stop_signals
 from facetrain.engine.run_dir import CHECKPOINT_DIR
 from facetrain.engine.shards import full_optimizer_state, shard_optimizer_state
+from facetrain.engine.tensorboard import LOSS_TAG, accuracy_tag, final_metrics, write_config, write_hparams
 from facetrain.errors import ResumeError
 from facetrain.eval.callback import VerificationCallback
 
@@ -112,7 +113,10 @@ class Trainer:
         self.micro_loss = torch.zeros((), device=settings.device)  # the current step's loss so far
         self.window_loss = torch.zeros((), device=settings.device)  # sums since the last log line
         self.window_grad_norm = torch.zeros((), device=settings.device)
-        self.window_steps, self.window_start = 0, time.perf_counter()
+        self.window_diagnostics: dict[str, torch.Tensor] = {}  # sums of the head's per-batch means
+        self.last_diagnostics: dict[str, torch.Tensor] = {}  # the last batch's, for histograms
+        self.window_steps = 0
+        self.reset_window_clock()
         self.guard = NonFiniteGuard(settings.device, settings.max_nonfinite)
         self.stop = StopRequest()
         self.saved_step = -1
@@ -125,6 +129,11 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return self.sampler.batches_per_epoch // self.s.grad_accum
 
+    @property
+    def step_batch(self) -> int:
+        """Images per optimizer step: batch size x world size x ``grad_accum``."""
+        return self.sampler.global_batch * self.s.grad_accum
+
     # ---- the loop ---------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``; returns the final metrics (also written to ``metrics.json``).
@@ -134,18 +143,19 @@ class Trainer:
         """
         if self.dist.is_main:  # a resumed run hides what the killed run logged after its checkpoint
             self.writer = SummaryWriter(self.s.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
+            write_config(self.writer, self.s.config, self.step)
         if self.step == 0 and self.s.eval_at_start:
             self.evaluate()
-        progress = tqdm(total=self.s.total_steps, initial=self.step, disable=not (self.dist.is_main and self.s.progress_bar),
-                        dynamic_ncols=True, desc="train")
+        progress = Progress(self.s.total_steps, self.steps_per_epoch, self.step, self.dist.is_main and self.s.progress_bar)
         self.model.train()
+        self.reset_window_clock()
         with self.stop:
             while self.step < self.s.total_steps:
                 self.start_epoch()
-                for images, labels, indices in self.loader:
+                for images, labels, indices in self.timed(self.loader):
                     if not self.train_step(images, labels, indices):
                         continue  # accumulating
-                    progress.update(1)
+                    progress.advance(self.step)
                     done = self.step == self.s.total_steps
                     if self.due(self.s.log_every) or done:
                         self.log_train(progress)
@@ -153,7 +163,8 @@ class Trainer:
                     improved = self.evaluate() if self.due(self.s.eval_every) or done else False
                     checkpoint_due = self.due(self.s.checkpoint_every) or done
                     if checkpoint_due or improved:
-                        self.save(step_file=checkpoint_due, best=improved)
+                        with self.paused():
+                            self.save(step_file=checkpoint_due, best=improved)
                     if done:
                         break
                     if (signal_name := self.stop.agreed()) is not None:
@@ -163,6 +174,7 @@ class Trainer:
         progress.close()
         metrics = self.metrics()
         if self.writer is not None:
+            write_hparams(self.writer, self.s.config, final_metrics(metrics), self.step)
             self.writer.close()
         return metrics
 
@@ -175,6 +187,27 @@ class Trainer:
 
     def due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
+
+    def timed(self, batches: Iterable) -> Iterator:
+        """``batches``, adding the time spent waiting for each to ``window_wait``."""
+        iterator = iter(batches)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.window_wait += time.perf_counter() - start
+            yield batch
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent in here (evaluation, checkpoints) does not count towards throughput and ETA."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.window_paused += time.perf_counter() - start
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> bool:
         """Forward and backward one micro-batch; after ``grad_accum`` of them, one optimizer step. Advances
@@ -197,6 +230,7 @@ class Trainer:
             loss = output.loss / self.s.grad_accum
             self.scaler.scale(loss).backward()
         self.micro_loss += loss.detach()
+        self.accumulate(output.diagnostics, 1.0 / self.s.grad_accum)
         if self.batch == self.sampler.batches_per_epoch:
             self.epoch, self.batch = self.epoch + 1, 0
         if stepping:
@@ -226,25 +260,71 @@ class Trainer:
         self.window_steps += 1
 
     # ---- logging and evaluation ---------------------------------------------------------------------
-    def log_train(self, progress: tqdm) -> None:
-        """Log the means since the last log line (rank 0: the only per-interval host sync) and reset them."""
+    def accumulate(self, diagnostics: dict[str, torch.Tensor], weight: float = 1.0) -> None:
+        """Add ``weight`` times the batch means of the head's diagnostics to the window sums (device ops
+        only): a micro-batch weighs ``1 / grad_accum``, so the sums count optimizer steps."""
+        for name, values in diagnostics.items():
+            mean = values.float().mean() * weight
+            if name in self.window_diagnostics:
+                self.window_diagnostics[name] += mean
+            else:
+                self.window_diagnostics[name] = mean
+        self.last_diagnostics = diagnostics
+
+    def reset_window_clock(self) -> None:
+        """Start timing the steps after ``self.step`` (a resumed window's earlier steps were not timed here)."""
+        self.window_start, self.window_wait, self.window_paused = time.perf_counter(), 0.0, 0.0
+        self.clock_step = self.step
+
+    def log_train(self, progress: Progress) -> None:
+        """Log the means since the last log line (rank 0: the only per-interval host sync) and reset them:
+        one line to the console and ``train.log``, scalars and histograms to TensorBoard."""
         if self.dist.is_main:
-            self.last_loss = float(self.window_loss / self.window_steps)
-            grad_norm = float(self.window_grad_norm / self.window_steps)
-            lr = self.optimizer.param_groups[0]["lr"]
-            elapsed = time.perf_counter() - self.window_start
-            throughput = self.window_steps * self.sampler.global_batch * self.s.grad_accum / max(elapsed, 1e-9)
-            epoch = self.step / self.steps_per_epoch
-            progress.set_postfix(loss=f"{self.last_loss:.3f}", lr=f"{lr:.2e}", img_s=f"{throughput:.0f}", refresh=False)
-            log.info(f"step {self.step}/{self.s.total_steps} epoch {epoch:.2f} loss {self.last_loss:.4f} "
-                     f"grad_norm {grad_norm:.3g} lr {lr:.3e} {throughput:.1f} img/s")
+            sums = {"loss": self.window_loss, "grad_norm": self.window_grad_norm, **self.window_diagnostics}
+            means = dict(zip(sums, (torch.stack(list(sums.values())).float() / self.window_steps).tolist()))
+            self.last_loss = means["loss"]
+            elapsed = max(time.perf_counter() - self.window_start - self.window_paused, 1e-9)
+            timed_steps = self.step - self.clock_step
+            step_time = elapsed / timed_steps
+            scalars = {
+                **means,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "throughput": timed_steps * self.step_batch / elapsed,  # images/s
+                "data_wait": min(self.window_wait / elapsed, 1.0),  # fraction of the time spent waiting for data
+                "epoch": self.step / self.steps_per_epoch,
+            }
+            if self.fixed_scale is None:  # fp16's dynamic loss scale
+                scalars["loss_scale"] = self.scaler.get_scale()
+            left = self.s.total_steps - self.step
+            eta, epoch_eta = left * step_time, min(left, -self.step % self.steps_per_epoch) * step_time
+            progress.show(loss=f"{means['loss']:.3f}", lr=f"{scalars['lr']:.2e}", img_s=f"{scalars['throughput']:.0f}")
+            log.info(f"step {self.step}/{self.s.total_steps} epoch {scalars['epoch']:.2f} loss {means['loss']:.4f} "
+                     f"lr {scalars['lr']:.3e} {scalars['throughput']:.1f} img/s data {scalars['data_wait']:.0%} "
+                     f"grad_norm {means['grad_norm']:.3g} ETA {format_duration(eta)} (epoch {format_duration(epoch_eta)})")
             assert self.writer is not None
-            for name, value in (("loss", self.last_loss), ("grad_norm", grad_norm), ("lr", lr),
-                                ("throughput", throughput), ("epoch", epoch)):
-                self.writer.add_scalar(f"train/{name}", value, self.step)
+            for name, value in scalars.items():
+                self.writer.add_scalar(LOSS_TAG if name == "loss" else f"train/{name}", value, self.step)
+            for name, values in self.last_diagnostics.items():
+                finite = values[torch.isfinite(values)].float()  # a skipped NaN step leaves none
+                if finite.numel():
+                    self.writer.add_histogram(f"train/{name}", finite, self.step)
+            for name, value in self.model.head.stats().items():
+                self.writer.add_scalar(f"head/{name}", float(value), self.step)
+            self.log_memory()
         self.window_loss.zero_()
         self.window_grad_norm.zero_()
-        self.window_steps, self.window_start = 0, time.perf_counter()
+        self.window_diagnostics.clear()
+        self.window_steps = 0
+        self.reset_window_clock()
+
+    def log_memory(self) -> None:
+        """Peak and reserved GPU memory of this process since the last log line, in GiB."""
+        if self.s.device.type != "cuda":
+            return
+        assert self.writer is not None
+        self.writer.add_scalar("system/gpu_memory_peak_gib", torch.cuda.max_memory_allocated(self.s.device) / 2**30, self.step)
+        self.writer.add_scalar("system/gpu_memory_reserved_gib", torch.cuda.memory_reserved(self.s.device) / 2**30, self.step)
+        torch.cuda.reset_peak_memory_stats(self.s.device)
 
     def evaluate(self) -> bool:
         """Verification on rank 0 (the other ranks wait), logged and written to ``metrics.json``.
@@ -253,7 +333,8 @@ class Trainer:
         """
         improved = False
         if self.dist.is_main and self.evaluator is not None:
-            results = self.evaluator(self.model.backbone)
+            with self.paused():
+                results = self.evaluator(self.model.backbone)
             target = self.s.best_metric or next(iter(results))
             improved = (self.s.save_best and self.step > 0
                         and results[target]["accuracy"] > self.best.get(target, {}).get("accuracy", -1.0))
@@ -264,8 +345,8 @@ class Trainer:
                 if result["accuracy"] > self.best.get(name, {}).get("accuracy", -1.0):
                     self.best[name] = {"accuracy": result["accuracy"], "step": self.step}
                 assert self.writer is not None
-                self.writer.add_scalar(f"val/{name}/accuracy", result["accuracy"], self.step)
-                self.writer.add_scalar(f"val/{name}/best_accuracy", self.best[name]["accuracy"], self.step)
+                self.writer.add_scalar(accuracy_tag(name), result["accuracy"], self.step)
+                self.writer.add_scalar(accuracy_tag(name, best=True), self.best[name]["accuracy"], self.step)
                 log.info(f"step {self.step} val {name}: accuracy {result['accuracy']:.4f} +- {result['std']:.4f} "
                          f"({result['pairs']} pairs, best {self.best[name]['accuracy']:.4f})")
             self.write_metrics()
@@ -302,11 +383,12 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch,
-            "global_batch": self.sampler.global_batch * self.s.grad_accum,
+            "global_batch": self.step_batch,
             "grad_accum": self.s.grad_accum,
             "sampler_seed": self.sampler.seed,
             "data": {"images": self.sampler.size, "classes": self.model.head.num_classes},
-            "window": {"loss": self.window_loss.cpu(), "grad_norm": self.window_grad_norm.cpu(), "steps": self.window_steps},
+            "window": {"loss": self.window_loss.cpu(), "grad_norm": self.window_grad_norm.cpu(), "steps": self.window_steps,
+                       "diagnostics": {name: total.cpu() for name, total in self.window_diagnostics.items()}},
             "best": self.best,
             "last_val": self.last_val,
             "last_loss": self.last_loss,
@@ -355,8 +437,9 @@ class Trainer:
         window = state.get("window", {"loss": 0.0, "grad_norm": 0.0, "steps": 0})
         self.window_loss.fill_(window["loss"])
         self.window_grad_norm.fill_(window["grad_norm"])
+        self.window_diagnostics = {name: total.to(self.s.device) for name, total in window.get("diagnostics", {}).items()}
         self.window_steps = window["steps"]
-        step_batch = self.sampler.global_batch * self.s.grad_accum
+        step_batch = self.step_batch
         global_batch, accum = state.get("global_batch", step_batch), state.get("grad_accum", 1)
         if state["world_size"] == self.dist.world_size and (global_batch, accum) == (step_batch, self.s.grad_accum):
             set_rng_state(state["rng"][self.dist.rank])

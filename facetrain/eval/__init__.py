@@ -1,4 +1,5 @@
-"""Evaluation: the 10-fold verification protocol, embedding extraction and the training callback."""
+"""Evaluation: the 10-fold verification protocol, ROC figures, IJB-B/C 1:1, embedding extraction and the
+training callback."""
 from facetrain.eval.callback import VerificationCallback
 from facetrain.eval.embed import embed_images
 from facetrain.eval.verification import evaluate

@@ -15,11 +15,15 @@ over ranks (:class:`facetrain.heads.sharded.ShardedHead`):
 - :meth:`Head.other_logits`: every other column, given the scores and the target score.
 
 Per-class tensors are the parameters and buffers whose first dimension grows with ``num_classes``.
+
+For monitoring, every forward also returns :meth:`Head.diagnostics` (per-sample values, detached) and
+:meth:`Head.stats` names the head's state worth watching; the trainer logs both without knowing the head.
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -33,6 +37,7 @@ from facetrain.heads.distributed import RowShard
 class HeadOutput:
     loss: torch.Tensor
     logits: torch.Tensor
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N], detached
 
 
 class _RowRead(torch.autograd.Function):
@@ -105,7 +110,33 @@ class Head(nn.Module, ABC):
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
             logits = self.logits(embeddings, labels)
-            return HeadOutput(self.loss(logits, embeddings, labels), logits)
+            loss = self.loss(logits, embeddings, labels)
+            return HeadOutput(loss, logits, self.diagnostics(embeddings, labels, logits))
+
+    @torch.no_grad()
+    def diagnostics(self, embeddings: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample values ``[N]`` to watch during training (device ops only, no host sync): the
+        ``target_logit`` cross-entropy sees, the ``target_angle`` in degrees between the embedding and
+        its class centre (the nearest one, for heads with several per class) and the ``embedding_norm``.
+        A head whose ``weight`` does not hold all its classes' centres computes its own (the sharded head)."""
+        return {
+            "target_logit": logits.gather(1, labels.view(-1, 1)).squeeze(1),
+            "target_angle": self.target_angle(embeddings, labels),
+            "embedding_norm": embeddings.norm(dim=1),
+        }
+
+    @torch.no_grad()
+    def target_angle(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The angle ``[N]`` in degrees between each embedding and its class centre in ``weight`` (the
+        nearest one, for heads with several per class)."""
+        centres = self.weight.view(self.num_classes, -1, self.embedding_size)[labels]
+        cos = torch.einsum("nd,nkd->nk", F.normalize(embeddings), F.normalize(centres, dim=2)).amax(dim=1)
+        return torch.acos(cos.clamp(-1.0, 1.0)) * (180.0 / math.pi)
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        """The head's state worth watching, as named scalar tensors read at log intervals: by default every
+        scalar floating-point buffer (AdaFace's ``batch_mean`` and ``batch_std``, CurricularFace's ``t``)."""
+        return {name: buffer for name, buffer in self.named_buffers() if buffer.dim() == 0 and buffer.is_floating_point()}
 
     def class_rows(self, tensor: torch.Tensor, classes: Optional[torch.Tensor]) -> torch.Tensor:
         """The rows of per-class ``tensor`` that belong to ``classes`` (all of it for None). The

@@ -8,8 +8,9 @@ target score of every sample from the rank that holds its class, applies the hea
 (:meth:`Head.target_logit`) only on that rank and the head's non-target rule
 (:meth:`Head.other_logits`) on all, and takes a cross-entropy whose max, sum of exponentials and
 target logit are reduced over ranks. Per-sample extra terms (:meth:`Head.extra_loss`: center loss,
-MagFace) are computed by the rank holding each sample's class. Batch statistics of stateful heads
-(AdaFace, CurricularFace, center loss) see the gathered batch, so they stay the same on every rank.
+MagFace) and the monitoring diagnostics (:meth:`ShardedHead.global_diagnostics`) are computed by the
+rank holding each sample's class. Batch statistics of stateful heads (AdaFace, CurricularFace, center
+loss) see the gathered batch, so they stay the same on every rank.
 On one process the result equals the wrapped head's.
 
 Partial FC (An et al., "Partial FC: Training 10 Million Identities on a Single Machine", ICCVW 2021;
@@ -104,7 +105,22 @@ class ShardedHead(Head):
                 extra = self.inner.extra_loss(embeddings[owned], local[owned])
             if extra is not None:
                 loss = loss + sum_of_replicated(extra.sum()) / len(embeddings)
-            return HeadOutput(loss, logits)
+            return HeadOutput(loss, logits, self.global_diagnostics(embeddings, local, owned, target))
+
+    @torch.no_grad()
+    def global_diagnostics(self, embeddings: torch.Tensor, local: torch.Tensor, owned: torch.Tensor,
+                           target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`Head.diagnostics` of the global batch (the same on every rank): each sample's target
+        logit and target angle come from the rank holding its class (its rows of the centres, indexed in
+        its block) and are summed over ranks (one all-reduce)."""
+        owned_values = torch.stack([target.squeeze(1)[owned], self.inner.target_angle(embeddings[owned], local[owned])], dim=1)
+        values = embeddings.new_zeros((len(embeddings), 2)).index_put_((owned,), owned_values)
+        values = sum_with_grad(values)  # no grad here: a plain sum over ranks
+        return {"target_logit": values[:, 0], "target_angle": values[:, 1], "embedding_norm": embeddings.norm(dim=1)}
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        """The wrapped head's (its scalar state is the same on every rank)."""
+        return self.inner.stats()
 
     @torch.no_grad()
     def sample(self, positives: torch.Tensor) -> torch.Tensor:

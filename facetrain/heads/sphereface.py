@@ -54,6 +54,9 @@ class SphereFace(Head):
         it = self.iteration.to(torch.float64)
         return (self.base * (1.0 + self.gamma * it) ** -self.power).clamp_min(self.lambda_min)
 
+    def stats(self) -> dict[str, torch.Tensor]:
+        return {"lambda": self.annealing()}
+
     def scores(self, embeddings: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
         return F.linear(F.normalize(embeddings), F.normalize(self.class_rows(self.weight, classes))).clamp(-1.0, 1.0)
 

@@ -1,0 +1,105 @@
+"""Embed face images with a checkpoint's backbone: one feature row per image, in a .npy file.
+
+    python scripts/extract_features.py CHECKPOINT_OR_RUN_DIR --images DIR_OR_LIST --output feats.npy
+        [--batch-size 256] [--workers 8] [--device auto] [--flip sum]
+
+``--images`` is a folder (every image below it, sorted by path) or a list file of image paths, one
+per line (relative to the list's folder, or absolute; a training list's trailing label is ignored).
+Images should be aligned 112x112 faces; other sizes are resized. ``feats.npy`` holds float32
+``[N, d]`` raw embeddings (``[N, 2d]`` with ``--flip concat``), and ``feats.txt`` beside it the
+image of each row. Unreadable images are skipped with a warning and left out of both.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from facetrain import load_backbone
+from facetrain.cli import run_script
+from facetrain.data.imagefolder import IMAGE_SUFFIXES
+from facetrain.errors import DataError
+from facetrain.eval.embed import FLIP_MODES, embed_batches
+from facetrain.eval.image_files import ImageFiles, default_workers, load_images
+from facetrain.inference import find_checkpoint, resolve_device
+
+
+def list_images(source: Path) -> tuple[Path, list[str]]:
+    """``(base, names)``: the image files below folder ``source``, or those named by list file ``source``."""
+    if source.is_dir():
+        names = sorted(str(Path(folder, name).relative_to(source)) for folder, _, files in os.walk(source)
+                       for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        if not names:
+            raise DataError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})", "pass a folder of face images")
+        return source, names
+    if not source.is_file():
+        raise DataError(f"{source} does not exist", "pass a folder of images or a list file of image paths")
+    names = []
+    for line in source.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            parts = line.rsplit(None, 1)
+            labelled = len(parts) == 2 and parts[1].isdigit() and not (source.parent / line).exists()
+            names.append(parts[0] if labelled else line)
+    if not names:
+        raise DataError(f"list file {source} names no images", "write one image path per line")
+    return source.parent, names
+
+
+def readable_batches(dataset: ImageFiles, batch_size: int, workers: int, kept: list[int]) -> Iterator[torch.Tensor]:
+    """The batches without their unreadable images (each warned about); ``kept`` collects the indices."""
+    for images, indices, errors in load_images(dataset, batch_size, workers):
+        good = [i for i, error in enumerate(errors) if not error]
+        for error in filter(None, errors):
+            print(f"extract_features: skipping {error}", file=sys.stderr)
+        kept.extend(indices[good].tolist())
+        if good:
+            yield images[good]
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory (its newest checkpoint)")
+    parser.add_argument("--images", type=Path, required=True, help="a folder of images or a list file of image paths")
+    parser.add_argument("--output", type=Path, required=True, help="the .npy file of features (paths go to .txt beside it)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="image loading processes")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--flip", choices=FLIP_MODES, default="sum", help="combine each image with its mirror image")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.workers < 0:
+        parser.error("--batch-size must be at least 1 and --workers at least 0")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+
+    def work() -> None:
+        device = resolve_device(args.device)
+        base, names = list_images(args.images)
+        backbone = load_backbone(find_checkpoint(args.checkpoint), device)
+        dataset, kept = ImageFiles(base, names), []
+        batches = readable_batches(dataset, args.batch_size, args.workers, kept)
+        features = embed_batches(backbone, batches, device, args.flip, total=len(names), progress=args.progress)
+        if not kept:
+            raise DataError(f"none of the {len(names)} images of {args.images} could be read", "check the files")
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.output, features)
+        paths = args.output.with_suffix(".txt")
+        paths.write_text("".join(f"{names[i]}\n" for i in kept))
+        skipped = len(names) - len(kept)
+        print(f"extract_features: wrote {features.shape[0]} x {features.shape[1]} features to {args.output} and their "
+              f"images to {paths}" + (f" ({skipped} unreadable images skipped)" if skipped else ""), file=sys.stderr)
+
+    return run_script("extract_features", work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Helpers of the evaluation tests: small checkpoints as train.py writes them, and the scripts as modules."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional
+
+import numpy as np
+import pytest
+import torch
+
+from facetrain.backbones import build_backbone
+from facetrain.data.transforms import normalize
+from facetrain.engine.checkpoint import save_checkpoint
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+TINY_MBF = {"name": "mbf", "blocks": [1, 1, 1, 1], "scale": 1}
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as module ``name`` (DataLoader workers can find it)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def write_checkpoint(path: Path, backbone_config: dict[str, Any] = TINY_MBF, embedding_size: int = 32, seed: int = 0,
+                     calibrate: Optional[np.ndarray] = None, **extra: Any) -> torch.nn.Module:
+    """A checkpoint in the layout of the trainer's (``backbone``, ``config`` and whatever ``extra``
+    holds: a head, the world size) with a freshly initialised backbone; returns it in eval mode.
+
+    BN statistics are those of ``calibrate`` (uint8 images ``[N,112,112,3]``) if given, as training
+    would set them, so that embeddings of different faces are not all alike; else random."""
+    torch.manual_seed(seed)
+    hparams = {k: v for k, v in backbone_config.items() if k != "name"}
+    backbone = build_backbone(backbone_config["name"], embedding_size, **hparams)
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for module in norms:
+        module.running_mean.uniform_(-0.1, 0.1)
+        module.running_var.uniform_(0.5, 1.5)
+    if calibrate is not None:
+        for module in norms:
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average
+        with torch.no_grad():
+            backbone.train()(normalize(torch.from_numpy(calibrate).permute(0, 3, 1, 2)))
+    config = {"backbone": dict(backbone_config), "embedding_size": embedding_size, "loss": {"name": "arcface"}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"backbone": backbone.state_dict(), "config": config, **extra}, path)
+    return backbone.eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run on one thread: on a shared 2-core machine two threads make them several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,110 @@
+"""Experiment presets: each composes as its paper's recipe and trains two steps; linear lr scaling."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from facetrain.config import register_schemas
+from facetrain.engine.optim import build_optimizer, scaled_lr
+from facetrain.engine.run_dir import register_resolvers
+from facetrain.errors import ConfigError
+from facetrain.train import check_numbers, run
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+register_schemas()
+register_resolvers()
+
+# preset -> (backbone, loss, dataset, optimizer.lr, reference global batch, epochs) as its source states them
+PRESETS = {
+    "ms1mv3_r50_arcface": ("r50", "arcface", "ms1mv3", 0.1, 1024, 20),
+    "ms1mv3_r100_arcface": ("r100", "arcface", "ms1mv3", 0.1, 1024, 20),
+    "ms1mv3_mbf_arcface": ("mbf", "arcface", "ms1mv3", 0.1, 1024, 40),
+    "ms1mv3_r50_cosface": ("r50", "cosface", "ms1mv3", 0.1, 1024, 20),
+    "ms1mv3_r50_x2softmax": ("r50", "x2softmax", "ms1mv3", 0.1, 128, 26),
+    "ms1mv3_r50_adaface": ("r50", "adaface", "ms1mv3", 0.1, 256, 26),
+    "casia_r50_center": ("r50", "center", "casia_webface", 0.1, 512, 29),
+    "casia_r50_sphereface": ("r50", "sphereface", "casia_webface", 0.1, 512, 29),
+}
+# Two CPU steps of every preset: the smoke dataset and a narrow MobileFaceNet instead of the real data and
+# backbone (the presets' backbones are built in tests/test_configs.py); everything else is the preset's.
+TINY = ["dataset=synthetic", "dataset.num_classes=20", "dataset.images_per_class=8", "dataset.val_identities=10",
+        "dataset.val_images_per_identity=6", "dataset.val_pairs=100", "backbone=mbf", "backbone.scale=1",
+        "backbone.blocks=[1,1,1,1]", "embedding_size=32", "trainer.max_steps=2", "trainer.batch_size=4",
+        "trainer.num_workers=0", "trainer.progress_bar=false", "trainer.precision=fp32", "trainer.device=cpu",
+        "eval.targets=[]", "eval.at_start=false", "trainer.channels_last=false"]
+
+
+def composed(*overrides: str, hydra: bool = False):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def test_the_presets_are_all_listed():
+    assert sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")) == sorted([*PRESETS, "smoke"])
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_composes_as_its_source_states(preset):
+    backbone, loss, dataset, lr, reference_batch, epochs = PRESETS[preset]
+    cfg = composed(f"experiment={preset}")
+    assert (cfg.name, cfg.backbone.name, cfg.loss.name, cfg.dataset.name) == (preset, backbone, loss, dataset)
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.reference_batch) == ("sgd", lr, reference_batch)
+    assert cfg.trainer.max_epochs == epochs and cfg.trainer.max_steps is None and cfg.embedding_size == 512
+    assert (CONFIGS / "experiment" / f"{preset}.yaml").read_text().startswith("# @package _global_\n")
+
+
+def test_x2softmax_preset_is_the_papers_schedule():
+    cfg = composed("experiment=ms1mv3_r50_x2softmax")
+    assert (cfg.loss.s, cfg.loss.a, cfg.loss.h, cfg.loss.k) == (64.0, -0.9, 0.0, 0.65)
+    assert cfg.scheduler.name == "multistep" and list(cfg.scheduler.milestones) == [8, 14, 20, 25]
+    assert (cfg.scheduler.gamma, cfg.optimizer.weight_decay, cfg.trainer.batch_size) == (0.1, 5e-4, 128)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny CPU steps are fastest on one thread (and several threads crawl on a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_preset_trains_two_steps_in_one_process(tmp_path, cache_dir, monkeypatch, one_thread):
+    monkeypatch.setenv("FACETRAIN_CACHE", str(cache_dir))
+    for preset, (_, loss, _, lr, reference_batch, _) in PRESETS.items():
+        cfg = composed(f"experiment={preset}", *TINY, hydra=True)
+        run_dir = tmp_path / preset
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        metrics = run(cfg)
+        assert metrics["step"] == 2 and torch.isfinite(torch.tensor(metrics["train_loss"])), preset
+        assert cfg.loss.name == loss and cfg.name == preset
+        log = (run_dir / "train.log").read_text()
+        scaled = float(re.search(r"lr (\S+) for this run's global batch of 4 ", log).group(1))
+        assert scaled == pytest.approx(lr * 4 / reference_batch, rel=1e-3), preset
+        assert (run_dir / "checkpoints" / "step_000000002.pt").is_file()
+
+
+def test_linear_scaling_rule():
+    assert scaled_lr(0.1, 256, 1024) == pytest.approx(0.025)
+    assert scaled_lr(0.1, 2048, 1024) == pytest.approx(0.2)
+    assert scaled_lr(0.05, 256, None) == 0.05  # no reference batch: lr as given
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = build_optimizer(params, "sgd", global_batch=512, reference_batch=1024, lr=0.1, weight_decay=0.0,
+                                momentum=0.9, nesterov=False)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="global_batch"):
+        build_optimizer(params, "sgd", reference_batch=1024, lr=0.1, weight_decay=0.0, momentum=0.9, nesterov=False)
+
+
+def test_a_reference_batch_below_one_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"optimizer.reference_batch=0 is out of range"):
+        check_numbers(composed("experiment=smoke", "optimizer.reference_batch=0"))
