@@ -116,7 +116,7 @@ def all_reduce_max(value: int) -> int:
 def set_timeout(seconds: float) -> None:
     """How long a collective waits for the other ranks before it fails (the process group's timeout)."""
     if dist.is_initialized():
-        setter = getattr(dist, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout  # torch < 2.9
+        setter = getattr(dist, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout  # older torch
         setter(timedelta(seconds=seconds))
 
 
