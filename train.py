@@ -1,6 +1,13 @@
 """Train a face-recognition model: ``python train.py [overrides]`` or ``torchrun ... train.py``."""
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning (unless OMP_WAIT_POLICY says otherwise): on a CPU
+# shared with other jobs spinning threads lose their core and a CPU step took twice the time.
+# Set before torch is imported (BENCHMARKS.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import hydra
 from omegaconf import DictConfig
 

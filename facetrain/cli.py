@@ -5,9 +5,12 @@ import functools
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
+from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
+from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from facetrain.config import register_schemas
@@ -21,6 +24,15 @@ TRACEBACK_HINT = "set HYDRA_FULL_ERROR=1 for the full traceback"
 
 
 _deferred: list[BaseException] = []
+
+
+def compose_train_config(overrides: list[str], config_dir: Path) -> DictConfig:
+    """The training config ``train.py`` would get from ``config_dir`` with ``overrides`` (Hydra's
+    compose API: for tools that build a trainer outside a Hydra run)."""
+    register_schemas()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
 
 
 def defer_errors(task: Callable[..., Any]) -> Callable[..., Any]:

@@ -282,6 +282,10 @@ class TrainerConfig:
     hflip: float = 0.5  # probability of a horizontal flip, applied on the device
     channels_last: bool = True
     cudnn_benchmark: bool = True
+    fused_optimizer: bool = True  # one fused kernel per optimizer step (CPU and CUDA); false: torch's default
+    compile: bool = False  # torch.compile the backbone's training forward (evaluation stays eager)
+    compile_mode: str = "default"  # a torch.compile mode; reduce-overhead adds CUDA graphs
+    ddp_bucket_cap_mb: float = 25.0  # DDP gradient bucket size (torch's default 25)
     progress_bar: bool = True
     max_nonfinite: int = 5  # stop after this many consecutive NaN/Inf steps (fp32/bf16; 0: never stop)
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size x processes x grad_accum)

@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from facetrain.backbones import build_backbone
-from facetrain.data import build_train_data, resolve_targets
+from facetrain.data import TrainData, build_train_data, resolve_targets
 from facetrain.engine.distributed import DistInfo, dist_info, set_timeout
 from facetrain.engine.logging import setup_logging
 from facetrain.engine.model import FaceModel
@@ -60,6 +60,9 @@ _AT_LEAST = {"trainer.batch_size": 1, "trainer.max_epochs": 1, "trainer.log_ever
              "eval.every_steps": 0, "eval.batch_size": 1}
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def check_numbers(cfg: DictConfig) -> None:
     """Refuse out-of-range trainer, checkpoint and eval numbers with one line naming the key."""
     limits = {**_AT_LEAST, **({"trainer.max_steps": 1} if cfg.trainer.max_steps is not None else {})}
@@ -80,6 +83,11 @@ def check_numbers(cfg: DictConfig) -> None:
     if cfg.optimizer.reference_batch is not None and cfg.optimizer.reference_batch < 1:
         raise ConfigError(f"optimizer.reference_batch={cfg.optimizer.reference_batch} is out of range",
                           "pass the global batch optimizer.lr is given for (an integer >= 1), or null")
+    if cfg.trainer.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"trainer.compile_mode={cfg.trainer.compile_mode} is not a torch.compile mode",
+                          f"choose one of: {', '.join(COMPILE_MODES)}")
+    if cfg.trainer.ddp_bucket_cap_mb <= 0:
+        raise ConfigError(f"trainer.ddp_bucket_cap_mb={cfg.trainer.ddp_bucket_cap_mb} must be positive", "pass e.g. 25 (DDP's default)")
 
 
 def shards_head(parallel: str, sample_rate: float, world_size: int) -> bool:
@@ -110,6 +118,58 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInfo, device: torch.device,
+                  evaluate: bool = True) -> Trainer:
+    """The model, optimizer, schedule and (with ``evaluate``, on rank 0) verification of ``cfg``, in a
+    Trainer for ``data`` on ``device``: what ``run`` trains and ``scripts/benchmark.py train`` times."""
+    torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
+
+    def build(num_classes: int) -> Head:
+        return build_head(cfg.loss.name, cfg.embedding_size, num_classes, **hparams(cfg.loss))
+
+    sharded = shards_head(cfg.head.parallel.value, cfg.head.sample_rate, dist.world_size)
+    with torch.random.fork_rng(devices=[]):  # every rank draws the same initial weights, whatever the world size
+        torch.manual_seed(cfg.seed)
+        backbone = build_backbone(cfg.backbone.name, cfg.embedding_size, **hparams(cfg.backbone))
+        model = build_model(backbone, build(data.num_classes), build, sharded, cfg.head.sample_rate,
+                            cfg.trainer.sync_bn, dist, device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.trainer.compile:
+        model.compile_backbone(cfg.trainer.compile_mode)
+    global_batch = cfg.trainer.batch_size * dist.world_size * cfg.trainer.grad_accum  # images per optimizer step
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer.name, fused=cfg.trainer.fused_optimizer,
+                                global_batch=global_batch, **hparams(cfg.optimizer))
+    if cfg.optimizer.reference_batch is not None:
+        log.info(f"optimizer.lr {cfg.optimizer.lr:g} is given for a global batch of {cfg.optimizer.reference_batch}: "
+                 f"lr {optimizer.param_groups[0]['lr']:.4g} for this run's global batch of {global_batch} (linear scaling)")
+    steps_per_epoch = len(data.dataset) // global_batch
+    if steps_per_epoch == 0:
+        raise ConfigError(f"the global batch ({global_batch}) is larger than the dataset ({len(data.dataset)} images)",
+                          "lower trainer.batch_size")
+    total_steps = cfg.trainer.max_steps or cfg.trainer.max_epochs * steps_per_epoch
+    scheduler = build_scheduler(optimizer, cfg.scheduler.name, total_steps, steps_per_epoch, **hparams(cfg.scheduler))
+
+    evaluator = None
+    if evaluate and dist.is_main and cfg.eval.targets:
+        evaluator = VerificationCallback(resolve_targets(list(cfg.eval.targets), data.root), device,
+                                         cfg.eval.batch_size, cfg.eval.flip.value, cfg.trainer.channels_last)
+        if cfg.checkpoint.best_metric is not None and cfg.checkpoint.best_metric not in evaluator.sets:
+            raise ConfigError(f"checkpoint.best_metric={cfg.checkpoint.best_metric} is not an eval target",
+                              f"choose one of: {', '.join(evaluator.sets)} (or null for the first)")
+    settings = TrainerSettings(
+        run_dir=run_dir, total_steps=total_steps, batch_size=cfg.trainer.batch_size, seed=cfg.seed, device=device,
+        amp_dtype=select_amp_dtype(cfg.trainer.precision.value, device), grad_clip=cfg.trainer.grad_clip,
+        log_every=cfg.trainer.log_every, num_workers=cfg.trainer.num_workers, hflip=cfg.trainer.hflip,
+        channels_last=cfg.trainer.channels_last, checkpoint_every=cfg.checkpoint.every_steps,
+        keep_last=cfg.checkpoint.keep_last, save_best=cfg.checkpoint.save_best, best_metric=cfg.checkpoint.best_metric,
+        max_nonfinite=cfg.trainer.max_nonfinite, eval_every=cfg.eval.every_steps, eval_at_start=cfg.eval.at_start,
+        progress_bar=cfg.trainer.progress_bar, config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        ddp_bucket_cap_mb=cfg.trainer.ddp_bucket_cap_mb, grad_accum=cfg.trainer.grad_accum,
+    )
+    return Trainer(model, optimizer, scheduler, data.dataset, settings, dist, evaluator)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train as ``cfg`` says (resuming if ``cfg.resume`` is set); returns the final metrics."""
     dist = dist_info()
@@ -127,59 +187,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     seed_everything(cfg.seed + dist.rank)
     device = select_device(cfg.trainer.device.value, dist.local_rank)
-    torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
     data = build_train_data(cfg.dataset.name, **hparams(cfg.dataset))
     log.info(f"dataset {cfg.dataset.name}: {len(data.dataset)} images of {data.num_classes} identities at {data.root}")
     if checkpoint is not None:
         check_same_data(checkpoint, len(data.dataset), data.num_classes)
-
-    def build(num_classes: int) -> Head:
-        return build_head(cfg.loss.name, cfg.embedding_size, num_classes, **hparams(cfg.loss))
-
-    sharded = shards_head(cfg.head.parallel.value, cfg.head.sample_rate, dist.world_size)
-    with torch.random.fork_rng(devices=[]):  # every rank draws the same initial weights, whatever the world size
-        torch.manual_seed(cfg.seed)
-        backbone = build_backbone(cfg.backbone.name, cfg.embedding_size, **hparams(cfg.backbone))
-        model = build_model(backbone, build(data.num_classes), build, sharded, cfg.head.sample_rate,
-                            cfg.trainer.sync_bn, dist, device)
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    global_batch = cfg.trainer.batch_size * dist.world_size * cfg.trainer.grad_accum  # images per optimizer step
-    optimizer = build_optimizer(model.parameters(), cfg.optimizer.name, fused=device.type == "cuda",
-                                global_batch=global_batch, **hparams(cfg.optimizer))
-    if cfg.optimizer.reference_batch is not None:
-        log.info(f"optimizer.lr {cfg.optimizer.lr:g} is given for a global batch of {cfg.optimizer.reference_batch}: "
-                 f"lr {optimizer.param_groups[0]['lr']:.4g} for this run's global batch of {global_batch} (linear scaling)")
-    steps_per_epoch = len(data.dataset) // global_batch
-    if steps_per_epoch == 0:
-        raise ConfigError(f"the global batch ({global_batch}) is larger than the dataset ({len(data.dataset)} images)",
-                          "lower trainer.batch_size")
-    total_steps = cfg.trainer.max_steps or cfg.trainer.max_epochs * steps_per_epoch
-    scheduler = build_scheduler(optimizer, cfg.scheduler.name, total_steps, steps_per_epoch, **hparams(cfg.scheduler))
-
-    evaluator = None
-    if dist.is_main and cfg.eval.targets:
-        evaluator = VerificationCallback(resolve_targets(list(cfg.eval.targets), data.root), device,
-                                         cfg.eval.batch_size, cfg.eval.flip.value, cfg.trainer.channels_last)
-        if cfg.checkpoint.best_metric is not None and cfg.checkpoint.best_metric not in evaluator.sets:
-            raise ConfigError(f"checkpoint.best_metric={cfg.checkpoint.best_metric} is not an eval target",
-                              f"choose one of: {', '.join(evaluator.sets)} (or null for the first)")
-    settings = TrainerSettings(
-        run_dir=run_dir, total_steps=total_steps, batch_size=cfg.trainer.batch_size, seed=cfg.seed, device=device,
-        amp_dtype=select_amp_dtype(cfg.trainer.precision.value, device), grad_clip=cfg.trainer.grad_clip,
-        log_every=cfg.trainer.log_every, num_workers=cfg.trainer.num_workers, hflip=cfg.trainer.hflip,
-        channels_last=cfg.trainer.channels_last, checkpoint_every=cfg.checkpoint.every_steps,
-        keep_last=cfg.checkpoint.keep_last, save_best=cfg.checkpoint.save_best, best_metric=cfg.checkpoint.best_metric,
-        max_nonfinite=cfg.trainer.max_nonfinite, eval_every=cfg.eval.every_steps, eval_at_start=cfg.eval.at_start,
-        progress_bar=cfg.trainer.progress_bar, config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        grad_accum=cfg.trainer.grad_accum,
-    )
-    trainer = Trainer(model, optimizer, scheduler, data.dataset, settings, dist, evaluator)
+    trainer = build_trainer(cfg, data, run_dir, dist, device)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
-    log.info(f"training {cfg.backbone.name} + {cfg.loss.name} for {total_steps} steps "
-             f"({steps_per_epoch} per epoch, global batch {global_batch}) on {device}"
-             + (f", head split over {dist.world_size} ranks (sample_rate {cfg.head.sample_rate})" if sharded else ""))
+    log.info(f"training {cfg.backbone.name} + {cfg.loss.name} for {trainer.s.total_steps} steps "
+             f"({trainer.steps_per_epoch} per epoch, global batch {trainer.step_batch}) on {device}"
+             + (f", head split over {dist.world_size} rank(s) (sample_rate {cfg.head.sample_rate})" if trainer.rank_local else ""))
     metrics = trainer.fit()
     log.info(f"done: {metrics}")
     return metrics

@@ -3,6 +3,7 @@
     python scripts/benchmark.py data ROOT [--workers 1 2 4] [--batch-size 128] [--augment KEY=VALUE ...]
     python scripts/benchmark.py head [--num-classes 2000000] [--world-size 1 2 4 8] [--sample-rate 0.1]
     python scripts/benchmark.py ijb [--backbone r100] [--images 469375 --templates 23124 --pairs 15658489]
+    python scripts/benchmark.py train [--data synthetic|real] [--warmup 5] [--steps 20] [HYDRA OVERRIDES ...]
 
 ``data``: how fast the input pipeline feeds a GPU from a dataset folder (a RecordIO folder, identity
 folders or a list file): single-core decode speed of each JPEG decoder, one core's dataset speed
@@ -18,6 +19,13 @@ time is then CPU seconds per rank, which other load on the machine does not dist
 pairs; synthetic loose crops): alignment per core, embedding images/s on the GPU (or CPU), and the
 seconds of template pooling, pair scoring and the ROC.
 
+``train``: the real training step (``Trainer.train_step``: device-side flip and normalisation,
+backbone, head, loss, backward, optimizer, schedule) of the config that ``train.py`` would compose
+from the same overrides, on random in-memory batches (``--data synthetic``, the default) or on the
+dataset through the trainer's DataLoader (``--data real``). Prints JSON: images/s, ms per step
+(median and spread), data wait vs compute, peak memory, and achieved TFLOP/s and MFU against the
+GPU's peak (``--peak-tflops`` for other devices).
+
 A new subcommand is a function ``add_<name>_command(subparsers)`` that sets ``run=`` on its parser,
 listed in ``COMMANDS``.
 """
@@ -32,21 +40,33 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py sets it, before torch is imported
+
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader, RandomSampler
 
+from facetrain.cli import compose_train_config, describe_error
+from facetrain.data import TrainData, build_train_data
 from facetrain.data.augment import build_augment
 from facetrain.data.datasets import FaceDataset, RecordDataset
 from facetrain.data.imagefolder import ImageFolderDataset
 from facetrain.data.images import DECODERS, simplejpeg
 from facetrain.data.prefetch import DevicePrefetcher
 from facetrain.data.recordio import unpack_record
+from facetrain.engine.distributed import cleanup, init_distributed
 from facetrain.engine.optim import build_optimizer
+from facetrain.engine.step_benchmark import RandomFaces, in_memory_batches, loader_batches, time_training
+from facetrain.errors import FacetrainError
 from facetrain.heads import Head, build_head
 from facetrain.heads.sharded import ShardedHead
+from facetrain.train import build_trainer, check_numbers, hparams, seed_everything, select_device
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -368,8 +388,47 @@ def add_ijb_command(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_ijb)
 
 
+# ---- train ------------------------------------------------------------------------------------------
+def run_train(args: argparse.Namespace) -> None:
+    try:
+        cfg = compose_train_config(args.overrides, CONFIGS)
+        check_numbers(cfg)
+        dist = init_distributed()
+        seed_everything(cfg.seed + dist.rank)
+        device = select_device(cfg.trainer.device.value, dist.local_rank)
+        if args.data == "real":
+            data = build_train_data(cfg.dataset.name, **hparams(cfg.dataset))
+        else:
+            classes = cfg.dataset.num_classes or build_train_data(cfg.dataset.name, **hparams(cfg.dataset)).num_classes
+            data = TrainData(RandomFaces(args.pool * cfg.trainer.batch_size * dist.world_size, classes), classes, Path())
+    except (FacetrainError, HydraException, OmegaConfBaseException) as exc:
+        sys.exit(f"benchmark: error: {describe_error(exc)}")
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = build_trainer(cfg, data, Path(run_dir), dist, device, evaluate=False)
+        batches = (loader_batches(trainer) if args.data == "real"
+                   else in_memory_batches(data.dataset, cfg.trainer.batch_size, args.pool, device))
+        result = time_training(trainer, batches, args.warmup, args.steps, args.peak_tflops)
+    if dist.is_main:
+        print(json.dumps({"backbone": cfg.backbone.name, "loss": cfg.loss.name, "data": args.data,
+                          "overrides": args.overrides, **result}, indent=2))
+    cleanup()
+
+
+def add_train_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="speed of the real training step (JSON)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides, as for train.py")
+    parser.add_argument("--data", choices=["synthetic", "real"], default="synthetic",
+                        help="random in-memory batches, or the dataset through the trainer's DataLoader")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, autotuning)")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    parser.add_argument("--pool", type=int, default=4, help="distinct in-memory batches (--data synthetic)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s for MFU (default: known GPUs' datasheet peak; CPU: none)")
+    parser.set_defaults(run=run_train)
+
+
 # ---- entry ------------------------------------------------------------------------------------------
-COMMANDS = [add_data_command, add_head_command, add_ijb_command]
+COMMANDS = [add_data_command, add_head_command, add_ijb_command, add_train_command]
 
 
 def main(argv: Optional[list[str]] = None) -> None:

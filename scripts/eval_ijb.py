@@ -20,9 +20,8 @@ import numpy as np
 
 from facetrain import load_backbone
 from facetrain.cli import run_script
-from facetrain.eval.embed import FLIP_MODES
+from facetrain.eval.options import add_embedding_options, parse_embedding_args
 from facetrain.eval.ijb import FARS, TARGETS, IJBResult, evaluate_ijb, read_ijb_meta
-from facetrain.eval.image_files import default_workers
 from facetrain.eval.plots import plot_roc, plot_score_histograms
 from facetrain.eval.roc import far_key
 from facetrain.inference import find_checkpoint, resolve_device
@@ -57,17 +56,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--ijb-root", type=Path, required=True, help="insightface's IJB folder (loose_crop/, meta/)")
     parser.add_argument("--target", choices=TARGETS, default="IJBC")
     parser.add_argument("--output", type=Path, default=Path("ijb_results"), help="folder for the JSON, PNGs and scores")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="image loading processes")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--flip", choices=FLIP_MODES, default="sum", help="combine each image with its mirror image")
     parser.add_argument("--no-detector-score", dest="detector_score", action="store_false",
                         help="do not weight image features by their detector score")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.workers < 0:
-        parser.error("--batch-size must be at least 1 and --workers at least 0")
-    return args
+    add_embedding_options(parser)
+    return parse_embedding_args(parser, argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -20,7 +20,7 @@ from facetrain import load_backbone
 from facetrain.cli import run_script
 from facetrain.data import resolve_targets
 from facetrain.eval import VerificationCallback
-from facetrain.eval.embed import FLIP_MODES
+from facetrain.eval.options import add_embedding_options, parse_embedding_args
 from facetrain.eval.roc import far_key
 from facetrain.inference import find_checkpoint, resolve_device
 
@@ -48,14 +48,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--targets", nargs="+", required=True, help="names of <data-root>/<name>.bin, or .bin paths")
     parser.add_argument("--data-root", type=Path, default=Path("."), help="folder of the named .bin files")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--flip", choices=FLIP_MODES, default="sum", help="combine each image with its mirror image")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
-    return args
+    add_embedding_options(parser, workers=False)
+    return parse_embedding_args(parser, argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

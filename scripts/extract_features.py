@@ -24,8 +24,9 @@ from facetrain import load_backbone
 from facetrain.cli import run_script
 from facetrain.data.imagefolder import IMAGE_SUFFIXES
 from facetrain.errors import DataError
-from facetrain.eval.embed import FLIP_MODES, embed_batches
-from facetrain.eval.image_files import ImageFiles, default_workers, load_images
+from facetrain.eval.embed import embed_batches
+from facetrain.eval.image_files import ImageFiles, load_images
+from facetrain.eval.options import add_embedding_options, parse_embedding_args
 from facetrain.inference import find_checkpoint, resolve_device
 
 
@@ -67,15 +68,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory (its newest checkpoint)")
     parser.add_argument("--images", type=Path, required=True, help="a folder of images or a list file of image paths")
     parser.add_argument("--output", type=Path, required=True, help="the .npy file of features (paths go to .txt beside it)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="image loading processes")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--flip", choices=FLIP_MODES, default="sum", help="combine each image with its mirror image")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.workers < 0:
-        parser.error("--batch-size must be at least 1 and --workers at least 0")
-    return args
+    add_embedding_options(parser)
+    return parse_embedding_args(parser, argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -1,15 +1,14 @@
 """torchvision's ResNet-50 and MobileNets as face backbones (randomly initialised; no downloads).
 
 The ImageNet classifier is replaced by the shared flatten embedding head. At 112x112 input every
-one of these networks ends in a 4x4 feature map (overall stride 32, rounded up).
+one of these networks ends in a 4x4 feature map (overall stride 32, rounded up). torchvision is imported
+when one of them is built: importing it costs seconds of start-up that the other backbones do not need.
 """
 from __future__ import annotations
 
 import math
 from typing import Callable
-
 from torch import nn
-from torchvision import models
 
 from facetrain.backbones.embedding import FlattenEmbedding
 from facetrain.backbones.registry import BACKBONES
@@ -31,13 +30,17 @@ class TorchvisionBackbone(nn.Module):
 
 
 def _resnet50_features() -> tuple[nn.Module, int]:
+    from torchvision import models
+
     net = models.resnet50(weights=None)
     return nn.Sequential(*list(net.children())[:-2]), net.fc.in_features  # drop avgpool and fc
 
 
-def _mobilenet_features(factory: Callable[..., nn.Module]) -> Callable[[], tuple[nn.Module, int]]:
+def _mobilenet_features(name: str) -> Callable[[], tuple[nn.Module, int]]:
     def features() -> tuple[nn.Module, int]:
-        net = factory(weights=None)
+        from torchvision import models
+
+        net = getattr(models, name)(weights=None)
         return net.features, net.features[-1].out_channels
 
     return features
@@ -45,8 +48,8 @@ def _mobilenet_features(factory: Callable[..., nn.Module]) -> Callable[[], tuple
 
 _FEATURES = {
     "resnet50": _resnet50_features,
-    "mobilenet_v2": _mobilenet_features(models.mobilenet_v2),
-    "mobilenet_v3_large": _mobilenet_features(models.mobilenet_v3_large),
+    "mobilenet_v2": _mobilenet_features("mobilenet_v2"),
+    "mobilenet_v3_large": _mobilenet_features("mobilenet_v3_large"),
 }
 
 

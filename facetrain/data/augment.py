@@ -2,15 +2,18 @@
 
 The horizontal flip and the normalisation to ``(x/255 - 0.5) / 0.5`` happen on the device
 (``trainer.hflip``, :mod:`facetrain.data.transforms`); this module adds the field's optional extras
-before the uint8 batch leaves the worker. Every extra is off (probability 0) by default.
+before the uint8 batch leaves the worker. Every extra is off (probability 0) by default, and
+albumentations (about a second to import) is imported only when one is on.
 """
 from __future__ import annotations
 
 import random
-from typing import Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
-import albumentations as A
 import numpy as np
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 
 class SampleTransform(Protocol):
@@ -40,6 +43,8 @@ class Augment:
     (or any worker that happens to load the sample) draws exactly the same augmentation."""
 
     def __init__(self, transforms: Sequence[A.BasicTransform], seed: int = 0) -> None:
+        import albumentations as A
+
         self.pipeline = A.Compose(list(transforms))
         self.seed = seed
         # one pair of generators shared by all transforms (per-transform seeds would make their
@@ -85,5 +90,9 @@ def build_augment(
         (coarse_dropout, lambda p: A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=tuple(dropout_size),
                                                    hole_width_range=tuple(dropout_size), fill="random_uniform", p=p)),
     ]
-    transforms = [make(p) for p, make in candidates if p > 0]
-    return Augment(transforms, seed) if transforms else None
+    chosen = [(p, make) for p, make in candidates if p > 0]
+    if not chosen:
+        return None
+    import albumentations as A  # the builders above use it when called
+
+    return Augment([make(p) for p, make in chosen], seed)

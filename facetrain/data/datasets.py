@@ -74,6 +74,11 @@ class FaceDataset(Dataset, ABC):
         """Unreadable samples met so far, in this process and its DataLoader workers."""
         return int(self._bad.sum())
 
+    @property
+    def bad_indices(self) -> list[int]:
+        """The indices of the unreadable samples met so far, in this process and its DataLoader workers."""
+        return torch.nonzero(self._bad).flatten().tolist()
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self._load_readable(index)
         if self.transform is not None:

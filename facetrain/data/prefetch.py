@@ -1,5 +1,6 @@
 """Move each batch to the device ahead of time: on CUDA the copy of batch i+1 runs on a side stream
-while batch i trains, so the GPU never waits for the host-to-device transfer."""
+while batch i trains, so the GPU never waits for the host-to-device transfer. The trainer iterates
+its DataLoader through it (a passthrough on the CPU)."""
 from __future__ import annotations
 
 from typing import Iterable, Iterator, Optional, Sequence
@@ -17,6 +18,9 @@ class DevicePrefetcher:
         self.loader, self.device = loader, device
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        if self.device.type == "cpu":  # nothing to copy: the loader's own batches
+            yield from map(tuple, self.loader)
+            return
         if self.device.type != "cuda":
             for batch in self.loader:
                 yield tuple(t.to(self.device) for t in batch)

@@ -1,6 +1,8 @@
 """The trained module: backbone and head in one ``nn.Module`` so one DDP wrapper covers both."""
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 from torch import nn
 
@@ -15,9 +17,20 @@ class FaceModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.compiled_backbone: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    def compile_backbone(self, mode: str = "default") -> None:
+        """Run the backbone of :meth:`forward` (the training step) through ``torch.compile``.
+
+        The compiled function is not a submodule: parameters and ``state_dict`` keys stay as they are,
+        and evaluation, which calls ``self.backbone`` directly, stays eager (no second compilation for
+        eval mode and its batch sizes).
+        """
+        self.compiled_backbone = torch.compile(self.backbone.forward, mode=mode)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
-        return self.head(self.backbone(images), labels)
+        embeddings = self.backbone(images) if self.compiled_backbone is None else self.compiled_backbone(images)
+        return self.head(embeddings, labels)
 
     def rank_local_tensors(self) -> dict[str, RowShard]:
         """Parameters and buffers (by name in this model) that hold only this rank's rows: a sharded

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 
+from facetrain.data.prefetch import DevicePrefetcher
 from facetrain.data.sampler import ResumableDistributedSampler, WithIndex
 from facetrain.data.transforms import normalize, random_hflip
 from facetrain.engine.atomic import atomic_write
@@ -30,6 +31,7 @@ from facetrain.engine.preemption import Preempted, StopRequest, ignore_stop_sign
 from facetrain.engine.run_dir import CHECKPOINT_DIR
 from facetrain.engine.shards import full_optimizer_state, shard_optimizer_state
 from facetrain.engine.tensorboard import LOSS_TAG, accuracy_tag, final_metrics, write_config, write_hparams
+from facetrain.engine.startup import seconds_since_start
 from facetrain.errors import ResumeError
 from facetrain.eval.callback import VerificationCallback
 
@@ -61,6 +63,7 @@ class TrainerSettings:
     progress_bar: bool
     config: dict[str, Any]  # resolved config, saved in every checkpoint
     grad_accum: int = 1  # micro-batches per optimizer step
+    ddp_bucket_cap_mb: float = 25.0
 
 
 class Trainer:
@@ -94,7 +97,8 @@ class Trainer:
         if dist.enabled:
             device_ids = [settings.device.index] if settings.device.type == "cuda" else None
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(self.rank_local))
-            self.ddp = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+            self.ddp = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True,
+                                               bucket_cap_mb=settings.ddp_bucket_cap_mb)
             if model.head.loss_covers_global_batch:  # each rank holds a part of the gradient: sum, not average
                 self.ddp.register_comm_hook(None, sum_gradients)
         self.dataset = dataset
@@ -149,13 +153,17 @@ class Trainer:
         progress = Progress(self.s.total_steps, self.steps_per_epoch, self.step, self.dist.is_main and self.s.progress_bar)
         self.model.train()
         self.reset_window_clock()
+        first_step = self.step + 1
         with self.stop:
             while self.step < self.s.total_steps:
-                self.start_epoch()
-                for images, labels, indices in self.timed(self.loader):
+                for images, labels, indices in self.timed(self.epoch_batches()):
                     if not self.train_step(images, labels, indices):
                         continue  # accumulating
                     progress.advance(self.step)
+                    if self.step == first_step:
+                        self.log_startup()
+                    if self.batch == 0:
+                        self.log_epoch_end()
                     done = self.step == self.s.total_steps
                     if self.due(self.s.log_every) or done:
                         self.log_train(progress)
@@ -177,6 +185,12 @@ class Trainer:
             write_hparams(self.writer, self.s.config, final_metrics(metrics), self.step)
             self.writer.close()
         return metrics
+
+    def epoch_batches(self) -> DevicePrefetcher:
+        """The rest of the current epoch's batches, already on the device (copied on a side stream
+        ahead of use on CUDA; the loader's own batches on the CPU)."""
+        self.start_epoch()
+        return DevicePrefetcher(self.loader, self.s.device)
 
     def start_epoch(self) -> None:
         """Point the sampler at the current position and tell the dataset the epoch its per-sample
@@ -325,6 +339,23 @@ class Trainer:
         self.writer.add_scalar("system/gpu_memory_peak_gib", torch.cuda.max_memory_allocated(self.s.device) / 2**30, self.step)
         self.writer.add_scalar("system/gpu_memory_reserved_gib", torch.cuda.memory_reserved(self.s.device) / 2**30, self.step)
         torch.cuda.reset_peak_memory_stats(self.s.device)
+
+    def log_startup(self) -> None:
+        """Log how long the process took to finish its first optimizer step (one sync, once)."""
+        if self.s.device.type == "cuda":
+            torch.cuda.synchronize(self.s.device)
+        log.info(f"step {self.step}: first optimizer step done {seconds_since_start():.1f} s after the process started "
+                 f"({time.process_time():.1f} s of CPU time)")
+
+    def log_epoch_end(self) -> None:
+        """Log the unreadable samples skipped so far (every rank's, counted once) as ``data/bad_samples``."""
+        if not hasattr(self.dataset, "bad_indices"):
+            return
+        bad = len(set().union(*all_gather_objects(self.dataset.bad_indices)))
+        if self.dist.is_main:
+            log.info(f"step {self.step}: epoch {self.epoch} done, {bad} unreadable samples skipped so far")
+            assert self.writer is not None
+            self.writer.add_scalar("data/bad_samples", bad, self.step)
 
     def evaluate(self) -> bool:
         """Verification on rank 0 (the other ranks wait), logged and written to ``metrics.json``.

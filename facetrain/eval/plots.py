@@ -14,6 +14,14 @@ import numpy as np  # noqa: E402
 from facetrain.eval.roc import ROC, far_key  # noqa: E402
 
 
+def _save(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_roc(curve: ROC, path: Path, title: str, fars: Sequence[float], auc: float) -> Path:
     """TAR against FAR (log axis from the smallest of ``fars``), as insightface's IJB script draws it."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -28,10 +36,7 @@ def plot_roc(curve: ROC, path: Path, title: str, fars: Sequence[float], auc: flo
     ax.set_ylabel("True accept rate")
     ax.set_title(f"ROC on {title}")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_score_histograms(scores: np.ndarray, labels: np.ndarray, path: Path, title: str, bins: int = 200) -> Path:
@@ -45,7 +50,4 @@ def plot_score_histograms(scores: np.ndarray, labels: np.ndarray, path: Path, ti
     ax.set_ylabel("Density")
     ax.set_title(f"Score distributions on {title}")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
