@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -13,7 +14,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from facetrain.config import register_schemas
-from facetrain.engine.distributed import cleanup, init_distributed
+from facetrain.engine.distributed import cleanup, init_distributed, is_collective_failure
 from facetrain.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from facetrain.engine.run_dir import agree_on_run_stamp, register_resolvers
 from facetrain.errors import FacetrainError
@@ -145,4 +146,8 @@ def describe_error(exc: BaseException) -> str:
         return f"{_first_line(str(cause))}" + (f" (key {key})" if key else "")
     if isinstance(exc, OmegaConfBaseException) or exc.__class__.__module__.startswith("hydra"):
         return _first_line(str(exc))
+    if is_collective_failure(cause):
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", _first_line(str(cause))).split(". ")[0]  # drop gloo's source location
+        return (f"lost contact with another rank ({reason}): a rank died or stopped answering; its log says why "
+                "(trainer.dist_timeout_s bounds the wait). Fix that, then run again with resume=auto")
     return f"{exc.__class__.__name__}: {_first_line(str(exc))} ({TRACEBACK_HINT})"

@@ -33,6 +33,12 @@ class FlipMode(Enum):
     none = "none"
 
 
+class HeadParallel(Enum):
+    auto = "auto"  # model with more than one process (or sample_rate < 1), else data
+    model = "model"  # class centres split over the ranks, embeddings gathered
+    data = "data"  # every rank holds the whole head, gradients averaged by DDP
+
+
 class ArcFaceVariant(Enum):
     fallback = "fallback"  # cos(theta+m) while theta+m <= pi, else cos - m*sin(m) (insightface)
     easy = "easy"  # cos(theta+m) where cos > 0, else cos
@@ -282,6 +288,17 @@ class TrainerConfig:
     ddp_bucket_cap_mb: float = 25.0  # DDP gradient bucket size (torch's default 25)
     progress_bar: bool = True
     max_nonfinite: int = 5  # stop after this many consecutive NaN/Inf steps (fp32/bf16; 0: never stop)
+    grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size x processes x grad_accum)
+    sync_bn: bool = False  # batch-norm statistics over every rank's batch
+    dist_timeout_s: float = 1800.0  # a collective waiting longer for another rank fails the run
+
+
+@dataclass
+class HeadConfig:
+    """How the loss head (``loss=``) is laid out over processes, whatever the head."""
+
+    parallel: HeadParallel = HeadParallel.auto
+    sample_rate: float = 1.0  # Partial FC: fraction of each rank's classes scored per step (all positives kept)
 
 
 @dataclass
@@ -310,6 +327,7 @@ class TrainConfig:
     output_root: str = "outputs"
     backbone: Any = MISSING
     loss: Any = MISSING
+    head: HeadConfig = field(default_factory=HeadConfig)
     dataset: Any = MISSING
     optimizer: Any = MISSING
     scheduler: Any = MISSING

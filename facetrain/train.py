@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -13,16 +13,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from facetrain.backbones import build_backbone
 from facetrain.data import TrainData, build_train_data, resolve_targets
-from facetrain.engine.distributed import DistInfo, dist_info
+from facetrain.engine.distributed import DistInfo, dist_info, set_timeout
 from facetrain.engine.logging import setup_logging
 from facetrain.engine.model import FaceModel
 from facetrain.engine.optim import build_optimizer, build_scheduler
 from facetrain.engine.resume import check_same_data, load_resume_state, merge_resume_config
 from facetrain.engine.run_dir import has_checkpoints
+from facetrain.engine.sync_bn import sync_batchnorm
 from facetrain.engine.trainer import Trainer, TrainerSettings
 from facetrain.errors import ConfigError
 from facetrain.eval.callback import VerificationCallback
-from facetrain.heads import build_head
+from facetrain.heads import Head, build_head
+from facetrain.heads.sharded import shard_head
 
 log = logging.getLogger("facetrain")
 
@@ -54,7 +56,7 @@ def select_amp_dtype(precision: str, device: torch.device) -> Optional[torch.dty
 
 
 _AT_LEAST = {"trainer.batch_size": 1, "trainer.max_epochs": 1, "trainer.log_every": 1, "trainer.num_workers": 0,
-             "trainer.max_nonfinite": 0, "checkpoint.every_steps": 0, "checkpoint.keep_last": 0,
+             "trainer.max_nonfinite": 0, "trainer.grad_accum": 1, "checkpoint.every_steps": 0, "checkpoint.keep_last": 0,
              "eval.every_steps": 0, "eval.batch_size": 1}
 
 
@@ -72,6 +74,12 @@ def check_numbers(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.hflip={cfg.trainer.hflip} is not a probability", "pass a value in [0, 1]")
     if cfg.trainer.grad_clip is not None and cfg.trainer.grad_clip <= 0:
         raise ConfigError(f"trainer.grad_clip={cfg.trainer.grad_clip} must be positive", "pass e.g. 5, or null to disable")
+    if cfg.trainer.dist_timeout_s <= 0:
+        raise ConfigError(f"trainer.dist_timeout_s={cfg.trainer.dist_timeout_s} must be positive",
+                          "pass the seconds a collective may wait for another rank, e.g. 1800")
+    if not 0.0 < cfg.head.sample_rate <= 1.0:
+        raise ConfigError(f"head.sample_rate={cfg.head.sample_rate} is not in (0, 1]",
+                          "pass e.g. 0.1 for Partial FC, or 1.0 to score every class")
     if cfg.optimizer.reference_batch is not None and cfg.optimizer.reference_batch < 1:
         raise ConfigError(f"optimizer.reference_batch={cfg.optimizer.reference_batch} is out of range",
                           "pass the global batch optimizer.lr is given for (an integer >= 1), or null")
@@ -80,6 +88,28 @@ def check_numbers(cfg: DictConfig) -> None:
                           f"choose one of: {', '.join(COMPILE_MODES)}")
     if cfg.trainer.ddp_bucket_cap_mb <= 0:
         raise ConfigError(f"trainer.ddp_bucket_cap_mb={cfg.trainer.ddp_bucket_cap_mb} must be positive", "pass e.g. 25 (DDP's default)")
+
+
+def shards_head(parallel: str, sample_rate: float, world_size: int) -> bool:
+    """Whether the head's classes are split over ranks: ``head.parallel=model``, or ``auto`` with more
+    than one process or with Partial FC (``sample_rate < 1``)."""
+    if parallel == "data":
+        if sample_rate < 1.0:
+            raise ConfigError(f"head.sample_rate={sample_rate} (Partial FC) needs the sharded head",
+                              "set head.parallel=model (or auto), or head.sample_rate=1.0")
+        return False
+    return parallel == "model" or world_size > 1 or sample_rate < 1.0
+
+
+def build_model(backbone: torch.nn.Module, head: Head, build: Callable[[int], Head], sharded: bool, sample_rate: float,
+                sync_bn: bool, dist: DistInfo, device: torch.device) -> FaceModel:
+    """Backbone and head laid out for ``dist``'s processes: the head split over ranks when ``sharded``
+    (``build(n)`` makes the head for ``n`` classes), batch norm synchronised when ``sync_bn``."""
+    if sharded:
+        head = shard_head(head, build, sample_rate)
+    if sync_bn and dist.enabled:
+        backbone = sync_batchnorm(backbone, device)
+    return FaceModel(backbone, head).to(device)
 
 
 def seed_everything(seed: int) -> None:
@@ -93,14 +123,21 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
     """The model, optimizer, schedule and (with ``evaluate``, on rank 0) verification of ``cfg``, in a
     Trainer for ``data`` on ``device``: what ``run`` trains and ``scripts/benchmark.py train`` times."""
     torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
-    backbone = build_backbone(cfg.backbone.name, cfg.embedding_size, **hparams(cfg.backbone))
-    head = build_head(cfg.loss.name, cfg.embedding_size, data.num_classes, **hparams(cfg.loss))
-    model = FaceModel(backbone, head).to(device)
+
+    def build(num_classes: int) -> Head:
+        return build_head(cfg.loss.name, cfg.embedding_size, num_classes, **hparams(cfg.loss))
+
+    sharded = shards_head(cfg.head.parallel.value, cfg.head.sample_rate, dist.world_size)
+    with torch.random.fork_rng(devices=[]):  # every rank draws the same initial weights, whatever the world size
+        torch.manual_seed(cfg.seed)
+        backbone = build_backbone(cfg.backbone.name, cfg.embedding_size, **hparams(cfg.backbone))
+        model = build_model(backbone, build(data.num_classes), build, sharded, cfg.head.sample_rate,
+                            cfg.trainer.sync_bn, dist, device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.trainer.compile:
         model.compile_backbone(cfg.trainer.compile_mode)
-    global_batch = cfg.trainer.batch_size * dist.world_size
+    global_batch = cfg.trainer.batch_size * dist.world_size * cfg.trainer.grad_accum  # images per optimizer step
     optimizer = build_optimizer(model.parameters(), cfg.optimizer.name, fused=cfg.trainer.fused_optimizer,
                                 global_batch=global_batch, **hparams(cfg.optimizer))
     if cfg.optimizer.reference_batch is not None:
@@ -128,7 +165,7 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
         keep_last=cfg.checkpoint.keep_last, save_best=cfg.checkpoint.save_best, best_metric=cfg.checkpoint.best_metric,
         max_nonfinite=cfg.trainer.max_nonfinite, eval_every=cfg.eval.every_steps, eval_at_start=cfg.eval.at_start,
         progress_bar=cfg.trainer.progress_bar, config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        ddp_bucket_cap_mb=cfg.trainer.ddp_bucket_cap_mb,
+        ddp_bucket_cap_mb=cfg.trainer.ddp_bucket_cap_mb, grad_accum=cfg.trainer.grad_accum,
     )
     return Trainer(model, optimizer, scheduler, data.dataset, settings, dist, evaluator)
 
@@ -145,6 +182,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     elif cfg.resume == "auto":
         log.info(f"resume=auto: no earlier run of '{cfg.name}' with a checkpoint, starting a fresh one")
     check_numbers(cfg)
+    set_timeout(cfg.trainer.dist_timeout_s)
     log.info(f"run directory {run_dir}" + (f" (resuming at step {checkpoint['step']})" if checkpoint else ""))
 
     seed_everything(cfg.seed + dist.rank)
@@ -157,7 +195,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
     log.info(f"training {cfg.backbone.name} + {cfg.loss.name} for {trainer.s.total_steps} steps "
-             f"({trainer.steps_per_epoch} per epoch, global batch {trainer.sampler.global_batch}) on {device}")
+             f"({trainer.steps_per_epoch} per epoch, global batch {trainer.step_batch}) on {device}"
+             + (f", head split over {dist.world_size} rank(s) (sample_rate {cfg.head.sample_rate})" if trainer.rank_local else ""))
     metrics = trainer.fit()
     log.info(f"done: {metrics}")
     return metrics

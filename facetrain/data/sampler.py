@@ -9,12 +9,14 @@ from torch.utils.data import Dataset, Sampler
 
 class ResumableDistributedSampler(Sampler[int]):
     """Shuffles ``size`` indices with ``seed + epoch``, deals whole global batches to ranks, and can
-    start an epoch at any batch (to resume mid-epoch). Incomplete global batches are dropped."""
+    start an epoch at any batch (to resume mid-epoch). Incomplete global batches are dropped, and so are
+    the last batches of an epoch that do not fill ``accumulate`` of them (one optimizer step)."""
 
-    def __init__(self, size: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+    def __init__(self, size: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 accumulate: int = 1) -> None:
         self.size, self.batch_size, self.rank, self.world_size, self.seed = size, batch_size, rank, world_size, seed
         self.global_batch = batch_size * world_size
-        self.batches_per_epoch = size // self.global_batch
+        self.batches_per_epoch = size // self.global_batch // accumulate * accumulate
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

@@ -123,11 +123,12 @@ def verify_checksum(path: Path) -> None:
                                      "it is truncated or corrupt; delete it to fall back to an older one")
 
 
-def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: Path, mmap: bool = True) -> dict[str, Any]:
     """Verify and load a checkpoint on the CPU; a ResumeError names the file if it is corrupt or too new.
 
-    ``mmap`` maps the file instead of reading it: tensors the caller never touches (a large head, the
-    optimizer state) are not read into memory.
+    ``mmap`` (the default) maps the file instead of reading it: tensors the caller never touches (the
+    head, for ``load_backbone``; other ranks' rows of a sharded head; the optimizer state) never take
+    host memory.
     """
     verify_checksum(path)
     try:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from facetrain.heads import Head, HeadOutput
+from facetrain.heads.distributed import RowShard
 
 
 class FaceModel(nn.Module):
@@ -30,3 +31,8 @@ class FaceModel(nn.Module):
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
         embeddings = self.backbone(images) if self.compiled_backbone is None else self.compiled_backbone(images)
         return self.head(embeddings, labels)
+
+    def rank_local_tensors(self) -> dict[str, RowShard]:
+        """Parameters and buffers (by name in this model) that hold only this rank's rows: a sharded
+        head's. DDP leaves them alone and checkpoints gather them."""
+        return {f"head.{name}": shard for name, shard in self.head.rank_local_tensors().items()}

@@ -45,13 +45,15 @@ class NonFiniteGuard:
 
 
     def refuse_state(self, model: nn.Module, step: int) -> None:
-        """Raise NonFiniteError if a parameter or buffer of ``model`` holds NaN/Inf (one host sync);
-        called before every checkpoint so that none ever holds them."""
+        """Raise NonFiniteError on every rank if a parameter or buffer of ``model`` holds NaN/Inf on any
+        rank (one host sync; ranks differ when they hold different rows of a sharded head); called before
+        every checkpoint so that none ever holds them."""
         tensors = {name: t for name, t in model.state_dict().items() if t.is_floating_point()}
         finite = torch.stack([t.isfinite().all() for t in tensors.values()]).tolist() if tensors else []
         bad = [name for name, ok in zip(tensors, finite) if not ok]
-        if not bad:
+        if all_reduce_max(len(bad)) == 0:
             return
+        bad = next(names for names in all_gather_objects(bad) if names)
         since = f" (the loss was {float(self.first_loss)} at step {int(self.first_step)})" if int(self.streak) else ""
         raise NonFiniteError(f"at step {step} the model holds NaN/Inf in {', '.join(bad[:3])}"
                              + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")

@@ -28,14 +28,63 @@ def build_optimizer(params: Iterable, name: str, fused: bool = False, global_bat
                     reference_batch: Optional[int] = None, **hparams: Any) -> torch.optim.Optimizer:
     """The optimizer registered as ``name``; ``fused`` picks the single-kernel CUDA implementation.
 
-    With ``reference_batch`` (``optimizer.reference_batch``), ``lr`` is scaled to ``global_batch`` by
-    :func:`scaled_lr`.
+    With ``reference_batch`` (``optimizer.reference_batch``), ``lr`` is scaled to ``global_batch`` (images
+    per optimizer step) by :func:`scaled_lr`. Parameters with a row-sparse gradient are stepped on those
+    rows only (:func:`step_sparse_rows`).
     """
     if reference_batch is not None:
         if global_batch is None:
             raise ValueError("optimizer.reference_batch is set: build_optimizer needs the run's global_batch")
         hparams["lr"] = scaled_lr(hparams["lr"], global_batch, reference_batch)
-    return OPTIMIZERS.get(name)(params, fused=fused, **hparams)
+    optimizer = OPTIMIZERS.get(name)(params, fused=fused, **hparams)
+    step_sparse_rows(optimizer)
+    return optimizer
+
+
+def step_sparse_rows(optimizer: torch.optim.Optimizer) -> None:
+    """Make ``optimizer`` update a parameter whose gradient is row-sparse on the rows present only.
+
+    Partial FC reads the sampled class centres with a row-sparse gradient (see
+    :meth:`facetrain.heads.base.Head.class_rows`). Around each step the parameter, its gradient and its
+    row-shaped optimizer state (momentum, Adam's moments) are narrowed to those rows, stepped by the
+    unchanged optimizer, and written back. Rows not sampled get no gradient, no weight decay, and their
+    momentum is neither decayed nor applied: they are exactly as if the step had not happened, as in
+    insightface's first Partial FC (which kept per-row momentum outside the optimizer). arcface_torch's
+    PartialFC_V2 instead gives them a zero gradient and lets SGD keep moving them with their decaying
+    momentum and weight decay. Shared state (Adam's step count) advances with every step.
+    """
+    narrowed: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
+
+    def narrow(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Optional[Any]:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if p.grad is None or not p.grad.is_sparse:
+                    continue
+                grad = p.grad.coalesce()
+                rows, whole = grad.indices()[0], p.data
+                state = opt.state.get(p, {})
+                whole_state = {key: value for key, value in state.items()
+                               if torch.is_tensor(value) and value.shape == whole.shape}
+                narrowed.append((p, whole, rows, grad, whole_state))
+                p.data = whole.index_select(0, rows)
+                p.grad = grad.values()
+                for key, value in whole_state.items():
+                    state[key] = value.index_select(0, rows)
+        return None
+
+    def widen(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        while narrowed:
+            p, whole, rows, grad, whole_state = narrowed.pop()
+            state = opt.state[p]
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.data.shape:
+                    target = whole_state.get(key)
+                    state[key] = (torch.zeros_like(whole) if target is None else target).index_copy_(0, rows, value)
+            p.data = whole.index_copy_(0, rows, p.data)
+            p.grad = grad
+
+    optimizer.register_step_pre_hook(narrow)
+    optimizer.register_step_post_hook(widen)
 
 
 def scaled_lr(lr: float, global_batch: int, reference_batch: Optional[int]) -> float:

@@ -173,7 +173,8 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 def time_training(trainer: Trainer, batches: Iterator[Batch], warmup: int, steps: int,
                   peak: Optional[float] = None) -> dict[str, Any]:
-    """Run ``warmup`` then ``steps`` timed optimizer steps of ``trainer.train_step`` on ``batches``.
+    """Run ``warmup`` then ``steps`` timed calls of ``trainer.train_step`` on ``batches`` (optimizer
+    steps; micro-batches when ``trainer.grad_accum`` > 1, each with its share of the optimizer step).
 
     ``peak``: the device's peak TFLOP/s (default: :func:`peak_tflops`, None on CPUs). Returns the
     figures as a JSON-ready dict; per-step times are on the device's timeline, the data wait is the

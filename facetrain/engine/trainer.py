@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
@@ -21,12 +22,14 @@ from facetrain.data.transforms import normalize, random_hflip
 from facetrain.engine.atomic import atomic_write
 from facetrain.engine.checkpoint import (BEST_NAME, checkpoint_path, rng_state, rotate_checkpoints, save_checkpoint,
                                          set_rng_state)
-from facetrain.engine.distributed import DistInfo, all_gather_objects, barrier, broadcast_object
+from facetrain.engine.distributed import (DistInfo, all_gather_objects, barrier, broadcast_object, global_grad_norm,
+                                          sum_gradients)
 from facetrain.engine.logging import Progress, format_duration
 from facetrain.engine.model import FaceModel
 from facetrain.engine.nonfinite import NonFiniteGuard
 from facetrain.engine.preemption import Preempted, StopRequest, ignore_stop_signals
 from facetrain.engine.run_dir import CHECKPOINT_DIR
+from facetrain.engine.shards import full_optimizer_state, shard_optimizer_state
 from facetrain.engine.tensorboard import LOSS_TAG, accuracy_tag, final_metrics, write_config, write_hparams
 from facetrain.engine.startup import seconds_since_start
 from facetrain.errors import ResumeError
@@ -59,6 +62,7 @@ class TrainerSettings:
     eval_at_start: bool
     progress_bar: bool
     config: dict[str, Any]  # resolved config, saved in every checkpoint
+    grad_accum: int = 1  # micro-batches per optimizer step
     ddp_bucket_cap_mb: float = 25.0
 
 
@@ -78,28 +82,39 @@ class Trainer:
         self.s, self.dist, self.evaluator = settings, dist, evaluator
         self.model = model
         self.optimizer, self.scheduler = optimizer, scheduler
+        # tensors holding only this rank's rows (a sharded head): outside DDP, saved whole
+        self.rank_local = model.rank_local_tensors()
+        parameters = dict(model.named_parameters())
+        self.local_params = {id(parameters[name]): shard for name, shard in self.rank_local.items() if name in parameters}
         # fp16 scales the loss dynamically; in fp32/bf16 the scale stays 1 and the scaler only finds
-        # NaN/Inf gradients and skips those updates on the device (no per-step host sync).
+        # NaN/Inf gradients and skips those updates on the device (no per-step host sync). With rank-local
+        # gradients the ranks agree on skipping (one all-reduce).
         dynamic = settings.amp_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler(settings.device.type, init_scale=2.0**16 if dynamic else 1.0)
+        scaler = ShardedGradScaler if dist.enabled and self.local_params else torch.amp.GradScaler
+        self.scaler = scaler(settings.device.type, init_scale=2.0**16 if dynamic else 1.0)
         self.fixed_scale = None if dynamic else 1.0
         self.ddp: nn.Module = model
         if dist.enabled:
             device_ids = [settings.device.index] if settings.device.type == "cuda" else None
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(self.rank_local))
             self.ddp = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True,
                                                bucket_cap_mb=settings.ddp_bucket_cap_mb)
+            if model.head.loss_covers_global_batch:  # each rank holds a part of the gradient: sum, not average
+                self.ddp.register_comm_hook(None, sum_gradients)
         self.dataset = dataset
-        self.sampler = ResumableDistributedSampler(len(dataset), settings.batch_size, dist.rank, dist.world_size, settings.seed)
+        self.sampler = ResumableDistributedSampler(len(dataset), settings.batch_size, dist.rank, dist.world_size,
+                                                   settings.seed, settings.grad_accum)
         if self.sampler.batches_per_epoch == 0:
-            raise ValueError(f"the dataset has {len(dataset)} images, fewer than one global batch of "
-                             f"{settings.batch_size * dist.world_size}")
+            raise ValueError(f"the dataset has {len(dataset)} images, fewer than one optimizer step's "
+                             f"{settings.batch_size * dist.world_size * settings.grad_accum}")
         self.loader = DataLoader(
             WithIndex(dataset), batch_size=settings.batch_size, sampler=self.sampler, drop_last=True,
             num_workers=settings.num_workers, pin_memory=settings.device.type == "cuda",
             persistent_workers=settings.num_workers > 0, worker_init_fn=ignore_stop_signals,
             generator=torch.Generator().manual_seed(settings.seed),  # keeps the global RNG untouched
         )
-        self.step = self.epoch = self.batch = 0  # optimizer steps; position in the data
+        self.step = self.epoch = self.batch = 0  # optimizer steps; position in the data (micro-batches)
+        self.micro_loss = torch.zeros((), device=settings.device)  # the current step's loss so far
         self.window_loss = torch.zeros((), device=settings.device)  # sums since the last log line
         self.window_grad_norm = torch.zeros((), device=settings.device)
         self.window_diagnostics: dict[str, torch.Tensor] = {}  # sums of the head's per-batch means
@@ -116,7 +131,12 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.sampler.batches_per_epoch
+        return self.sampler.batches_per_epoch // self.s.grad_accum
+
+    @property
+    def step_batch(self) -> int:
+        """Images per optimizer step: batch size x world size x ``grad_accum``."""
+        return self.sampler.global_batch * self.s.grad_accum
 
     # ---- the loop ---------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -137,7 +157,8 @@ class Trainer:
         with self.stop:
             while self.step < self.s.total_steps:
                 for images, labels, indices in self.timed(self.epoch_batches()):
-                    self.train_step(images, labels, indices)
+                    if not self.train_step(images, labels, indices):
+                        continue  # accumulating
                     progress.advance(self.step)
                     if self.step == first_step:
                         self.log_startup()
@@ -202,8 +223,9 @@ class Trainer:
         finally:
             self.window_paused += time.perf_counter() - start
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
-        """One optimizer step, then advance the position in the data; no host sync."""
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> bool:
+        """Forward and backward one micro-batch; after ``grad_accum`` of them, one optimizer step. Advances
+        the position in the data; returns whether it stepped. No host sync."""
         device = self.s.device
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -212,20 +234,36 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         autocast = (torch.autocast(device.type, dtype=self.s.amp_dtype) if self.s.amp_dtype is not None
                     else contextlib.nullcontext())
-        with autocast:
-            output = self.ddp(images, labels)
-        self.scaler.scale(output.loss).backward()
+        self.batch += 1
+        stepping = self.batch % self.s.grad_accum == 0
+        # DDP reduces the gradients in the last micro-batch's backward only
+        no_sync = self.ddp.no_sync() if self.dist.enabled and not stepping else contextlib.nullcontext()
+        with no_sync:
+            with autocast:
+                output = self.ddp(images, labels)
+            loss = output.loss / self.s.grad_accum
+            self.scaler.scale(loss).backward()
+        self.micro_loss += loss.detach()
+        self.accumulate(output.diagnostics, 1.0 / self.s.grad_accum)
+        if self.batch == self.sampler.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        if stepping:
+            self.optimizer_step()
+        return stepping
+
+    def optimizer_step(self) -> None:
+        """Step the optimizer and the schedule on the accumulated gradients, and count the step."""
         self.scaler.unscale_(self.optimizer)
+        grad_norm = global_grad_norm(self.model.parameters(), self.local_params)
         if self.s.grad_clip:
-            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
-        else:
-            grad_norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+            nn.utils.clip_grads_with_norm_(self.model.parameters(), self.s.grad_clip, grad_norm)
         self.scaler.step(self.optimizer)  # skipped on the device when a gradient is NaN/Inf
         self.scaler.update(self.fixed_scale)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
-        loss = output.loss.detach()
+        loss = self.micro_loss.clone()
+        self.micro_loss.zero_()
         bad = ~torch.isfinite(loss)
         if self.fixed_scale is not None:  # with a dynamic fp16 scale, overflowing gradients are routine
             bad |= ~torch.isfinite(grad_norm)
@@ -233,17 +271,14 @@ class Trainer:
         self.guard.update(self.step, loss, bad)
         self.window_loss += loss
         self.window_grad_norm += grad_norm
-        self.accumulate(output.diagnostics)
         self.window_steps += 1
-        self.batch += 1
-        if self.batch == self.steps_per_epoch:
-            self.epoch, self.batch = self.epoch + 1, 0
 
     # ---- logging and evaluation ---------------------------------------------------------------------
-    def accumulate(self, diagnostics: dict[str, torch.Tensor]) -> None:
-        """Add the batch means of the head's diagnostics to the window sums (device ops only)."""
+    def accumulate(self, diagnostics: dict[str, torch.Tensor], weight: float = 1.0) -> None:
+        """Add ``weight`` times the batch means of the head's diagnostics to the window sums (device ops
+        only): a micro-batch weighs ``1 / grad_accum``, so the sums count optimizer steps."""
         for name, values in diagnostics.items():
-            mean = values.float().mean()
+            mean = values.float().mean() * weight
             if name in self.window_diagnostics:
                 self.window_diagnostics[name] += mean
             else:
@@ -268,7 +303,7 @@ class Trainer:
             scalars = {
                 **means,
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "throughput": timed_steps * self.s.batch_size * self.dist.world_size / elapsed,  # images/s
+                "throughput": timed_steps * self.step_batch / elapsed,  # images/s
                 "data_wait": min(self.window_wait / elapsed, 1.0),  # fraction of the time spent waiting for data
                 "epoch": self.step / self.steps_per_epoch,
             }
@@ -363,17 +398,24 @@ class Trainer:
                 f.write(json.dumps(self.metrics(), indent=2) + "\n")
 
     # ---- checkpoints ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> Optional[dict[str, Any]]:
+        """Everything needed to continue, with a sharded head and its optimizer state gathered whole:
+        collective (every rank calls it), the state on rank 0 and None on the others."""
+        head = self.model.head.full_state_dict()
+        optimizer = full_optimizer_state(self.optimizer, self.local_params)
+        if not self.dist.is_main:
+            return None
         return {
             "backbone": self.model.backbone.state_dict(),
-            "head": self.model.head.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "head": head,
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch,
-            "global_batch": self.sampler.global_batch,
+            "global_batch": self.step_batch,
+            "grad_accum": self.s.grad_accum,
             "sampler_seed": self.sampler.seed,
             "data": {"images": self.sampler.size, "classes": self.model.head.num_classes},
             "window": {"loss": self.window_loss.cpu(), "grad_norm": self.window_grad_norm.cpu(), "steps": self.window_steps,
@@ -391,8 +433,9 @@ class Trainer:
         self.guard.check()
         self.guard.refuse_state(self.model, self.step)
         rng = all_gather_objects(rng_state())
-        if self.dist.is_main:
-            state = {**self.state_dict(), "rng": rng}
+        state = self.state_dict()
+        if state is not None:
+            state["rng"] = rng
             directory = self.s.run_dir / CHECKPOINT_DIR
             if step_file and self.saved_step != self.step:
                 path = save_checkpoint(state, checkpoint_path(directory, self.step))
@@ -412,8 +455,8 @@ class Trainer:
         """Continue from a checkpoint written by :meth:`save`, at the same place in the data."""
         try:
             self.model.backbone.load_state_dict(state["backbone"])
-            self.model.head.load_state_dict(state["head"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.model.head.load_full_state_dict(state["head"])
+            self.optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], self.optimizer, self.local_params))
         except (RuntimeError, ValueError) as exc:
             raise ResumeError(f"the checkpoint does not fit the model: {str(exc).strip().splitlines()[0]}",
                               "resume with the settings the run was started with") from None
@@ -427,12 +470,14 @@ class Trainer:
         self.window_grad_norm.fill_(window["grad_norm"])
         self.window_diagnostics = {name: total.to(self.s.device) for name, total in window.get("diagnostics", {}).items()}
         self.window_steps = window["steps"]
-        global_batch = state.get("global_batch", self.sampler.global_batch)
-        if state["world_size"] == self.dist.world_size and global_batch == self.sampler.global_batch:
+        step_batch = self.step_batch
+        global_batch, accum = state.get("global_batch", step_batch), state.get("grad_accum", 1)
+        if state["world_size"] == self.dist.world_size and (global_batch, accum) == (step_batch, self.s.grad_accum):
             set_rng_state(state["rng"][self.dist.rank])
             return
         log.warning(f"warning: the checkpoint was written by {state['world_size']} processes with a global batch of "
-                    f"{global_batch}, this run has {self.dist.world_size} and {self.sampler.global_batch}: it continues "
+                    f"{global_batch}, this run has {self.dist.world_size} and {step_batch}: it continues "
                     "at the same place in the data but is not bit-identical to an uninterrupted run")
-        position = self.epoch * self.steps_per_epoch + self.batch * global_batch // self.sampler.global_batch
-        self.epoch, self.batch = divmod(position, self.steps_per_epoch)
+        position = self.epoch * self.steps_per_epoch + self.batch // accum * global_batch // step_batch
+        self.epoch, steps = divmod(position, self.steps_per_epoch)
+        self.batch = steps * self.s.grad_accum

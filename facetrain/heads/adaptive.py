@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from facetrain.heads.base import MarginHead
 from facetrain.heads.distributed import gather_batch
@@ -86,9 +85,9 @@ class MagFace(MarginHead):
     def target_cosine(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         return arc_margin(cos_target, self.margin(self.magnitude(embeddings)), self.variant)
 
-    def loss(self, logits: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        a = self.magnitude(embeddings)
-        return F.cross_entropy(logits, labels) + self.lambda_g * (a / self.u_a**2 + 1.0 / a).mean()
+    def extra_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        a = self.magnitude(embeddings).squeeze(1)
+        return self.lambda_g * (a / self.u_a**2 + 1.0 / a)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, l_a={self.l_a}, u_a={self.u_a}, l_m={self.l_m}, u_m={self.u_m}, "

@@ -1,9 +1,20 @@
 """The head contract: ``forward(embeddings, labels) -> HeadOutput(loss, logits)``.
 
-``logits`` is exactly what cross-entropy sees (margins and scale applied); ``loss`` includes any
-extra term (:meth:`Head.loss`). Heads compute in fp32 even under autocast (float64 stays float64, for
-gradient checks). Class centres live in ``weight`` ``[num_classes * centres_per_class, embedding_size]``
-(one row per class unless a head says otherwise); state that must survive a restart lives in buffers.
+``logits`` is exactly what cross-entropy sees (margins and scale applied); ``loss`` adds any extra
+per-sample term (:meth:`Head.extra_loss`). Heads compute in fp32 even under autocast (float64 stays
+float64, for gradient checks). Class centres live in ``weight`` ``[num_classes * centres_per_class,
+embedding_size]`` (one row per class unless a head says otherwise); state that must survive a restart
+lives in buffers.
+
+A head builds its logits from three parts, which is what lets one wrapper split any head's classes
+over ranks (:class:`facetrain.heads.sharded.ShardedHead`):
+
+- :meth:`Head.scores` ``[N, C]``: label-free, column ``j`` reads only class ``j``'s rows of the
+  per-class tensors (``weight``, a bias), so a rank can compute its own columns;
+- :meth:`Head.target_logit` from the target column's score ``[N, 1]`` (the margin);
+- :meth:`Head.other_logits`: every other column, given the scores and the target score.
+
+Per-class tensors are the parameters and buffers whose first dimension grows with ``num_classes``.
 
 For monitoring, every forward also returns :meth:`Head.diagnostics` (per-sample values, detached) and
 :meth:`Head.stats` names the head's state worth watching; the trainer logs both without knowing the head.
@@ -19,12 +30,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facetrain.heads.distributed import RowShard
+
 
 @dataclass
 class HeadOutput:
     loss: torch.Tensor
     logits: torch.Tensor
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N], detached
+
+
+class _RowRead(torch.autograd.Function):
+    """``tensor[rows]`` whose gradient is row-sparse (a COO tensor holding only ``rows``)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.shape = tensor.shape
+        ctx.save_for_backward(rows)
+        return tensor.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (rows,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.shape, is_coalesced=True, check_invariants=False), None
 
 
 class Head(nn.Module, ABC):
@@ -34,6 +62,8 @@ class Head(nn.Module, ABC):
     ``weight`` (center loss).
     """
 
+    loss_covers_global_batch = False  # True: the loss is that of every rank's batch (sharded heads)
+
     def __init__(self, embedding_size: int, num_classes: int, centres_per_class: Optional[int] = 1) -> None:
         super().__init__()
         self.embedding_size = embedding_size
@@ -42,13 +72,39 @@ class Head(nn.Module, ABC):
             rows = num_classes * centres_per_class
             self.weight = nn.Parameter(torch.normal(0.0, 0.01, (rows, embedding_size)))
 
+    # ---- the parts of the logits ----------------------------------------------------------------
     @abstractmethod
+    def scores(self, embeddings: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Label-free scores ``[N, C]`` of every class, or ``[N, len(classes)]`` of ``classes`` (sorted
+        class indices; read per-class tensors through :meth:`class_rows`)."""
+
+    def target_logit(self, score_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """The target logit ``[N, 1]`` from the target class's score; by default the score itself."""
+        return score_target
+
+    def other_logits(self, scores: torch.Tensor, score_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Logits of the non-target columns (the target column is overwritten); by default the scores."""
+        return scores
+
+    def extra_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Optional[torch.Tensor]:
+        """Per-sample terms ``[N]`` added (averaged) to the cross-entropy, or None. May read per-class
+        tensors at ``labels`` only."""
+        return None
+
+    # ---- composed ---------------------------------------------------------------------------------
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """fp32 logits ``[N, num_classes]`` fed to cross-entropy."""
+        scores = self.scores(embeddings)
+        index = labels.view(-1, 1)
+        score_target = scores.gather(1, index)
+        others = self.other_logits(scores, score_target, embeddings)
+        return others.scatter(1, index, self.target_logit(score_target, embeddings))
 
     def loss(self, logits: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of ``logits``; heads with an extra term (MagFace, center loss) add it here."""
-        return F.cross_entropy(logits, labels)
+        """Cross-entropy of ``logits`` plus the mean of :meth:`extra_loss`."""
+        loss = F.cross_entropy(logits, labels)
+        extra = self.extra_loss(embeddings, labels)
+        return loss if extra is None else loss + extra.mean()
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
@@ -62,19 +118,48 @@ class Head(nn.Module, ABC):
         """Per-sample values ``[N]`` to watch during training (device ops only, no host sync): the
         ``target_logit`` cross-entropy sees, the ``target_angle`` in degrees between the embedding and
         its class centre (the nearest one, for heads with several per class) and the ``embedding_norm``.
-        A head whose ``weight`` does not hold all its classes' centres overrides this."""
-        centres = self.weight.view(self.num_classes, -1, self.embedding_size)[labels]
-        cos = torch.einsum("nd,nkd->nk", F.normalize(embeddings), F.normalize(centres, dim=2)).amax(dim=1)
+        A head whose ``weight`` does not hold all its classes' centres computes its own (the sharded head)."""
         return {
             "target_logit": logits.gather(1, labels.view(-1, 1)).squeeze(1),
-            "target_angle": torch.acos(cos.clamp(-1.0, 1.0)) * (180.0 / math.pi),
+            "target_angle": self.target_angle(embeddings, labels),
             "embedding_norm": embeddings.norm(dim=1),
         }
+
+    @torch.no_grad()
+    def target_angle(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The angle ``[N]`` in degrees between each embedding and its class centre in ``weight`` (the
+        nearest one, for heads with several per class)."""
+        centres = self.weight.view(self.num_classes, -1, self.embedding_size)[labels]
+        cos = torch.einsum("nd,nkd->nk", F.normalize(embeddings), F.normalize(centres, dim=2)).amax(dim=1)
+        return torch.acos(cos.clamp(-1.0, 1.0)) * (180.0 / math.pi)
 
     def stats(self) -> dict[str, torch.Tensor]:
         """The head's state worth watching, as named scalar tensors read at log intervals: by default every
         scalar floating-point buffer (AdaFace's ``batch_mean`` and ``batch_std``, CurricularFace's ``t``)."""
         return {name: buffer for name, buffer in self.named_buffers() if buffer.dim() == 0 and buffer.is_floating_point()}
+
+    def class_rows(self, tensor: torch.Tensor, classes: Optional[torch.Tensor]) -> torch.Tensor:
+        """The rows of per-class ``tensor`` that belong to ``classes`` (all of it for None). The
+        gradient of a subset is row-sparse: rows of classes not read get none (Partial FC)."""
+        if classes is None:
+            return tensor
+        per_class = tensor.shape[0] // self.num_classes
+        rows = (classes.unsqueeze(1) * per_class + torch.arange(per_class, device=classes.device)).flatten()
+        return _RowRead.apply(tensor, rows)
+
+    # ---- sharding (see facetrain.heads.sharded; a plain head holds all its rows) ----------------
+    def rank_local_tensors(self) -> dict[str, RowShard]:
+        """State names of tensors that hold only this rank's rows, with how they are split."""
+        return {}
+
+    def full_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
+        """The state of the whole head, as one process would hold it (collective for sharded heads:
+        every rank calls it, rank 0 receives it)."""
+        return self.state_dict()
+
+    def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a state written by :meth:`full_state_dict`, whatever the world size it came from."""
+        self.load_state_dict(state)
 
 
 class MarginHead(Head):
@@ -87,9 +172,12 @@ class MarginHead(Head):
         super().__init__(embedding_size, num_classes, centres_per_class)
         self.s = s
 
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """``cos(theta)`` between every embedding and every class centre, clamped to [-1, 1]."""
-        return F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1.0, 1.0)
+    def cosine(self, embeddings: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``cos(theta)`` between every embedding and the centres of ``classes`` (all for None), clamped to [-1, 1]."""
+        return F.linear(F.normalize(embeddings), F.normalize(self.class_rows(self.weight, classes))).clamp(-1.0, 1.0)
+
+    def scores(self, embeddings: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.cosine(embeddings, classes)
 
     @abstractmethod
     def target_cosine(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -99,10 +187,11 @@ class MarginHead(Head):
         feature norm.
         """
 
-    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cos = self.cosine(embeddings)
-        index = labels.view(-1, 1)
-        return self.s * cos.scatter(1, index, self.target_cosine(cos.gather(1, index), embeddings))
+    def target_logit(self, score_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.s * self.target_cosine(score_target, embeddings)
+
+    def other_logits(self, scores: torch.Tensor, score_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.s * scores
 
     def extra_repr(self) -> str:
         return f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, s={self.s}"

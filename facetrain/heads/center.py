@@ -40,15 +40,21 @@ class CenterLoss(Head):
     def weight(self) -> torch.Tensor:
         return self.base.weight
 
-    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.base.logits(embeddings, labels)
+    def scores(self, embeddings: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.base.scores(embeddings, classes)
 
-    def loss(self, logits: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        pull = (embeddings - self.centers[labels]).pow(2).sum(dim=1).mean()
-        loss = self.base.loss(logits, embeddings, labels) + self.lambda_c * 0.5 * pull
+    def target_logit(self, score_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.base.target_logit(score_target, embeddings)
+
+    def other_logits(self, scores: torch.Tensor, score_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.base.other_logits(scores, score_target, embeddings)
+
+    def extra_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pull = self.lambda_c * 0.5 * (embeddings - self.centers[labels]).pow(2).sum(dim=1)
         if self.training:
             self.update_centers(embeddings, labels)
-        return loss
+        base = self.base.extra_loss(embeddings, labels)
+        return pull if base is None else pull + base
 
     @torch.no_grad()
     def update_centers(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:

@@ -30,17 +30,13 @@ class CurricularFace(MarginHead):
     def target_cosine(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         return arc_margin(cos_target, self.m, "fallback")
 
-    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cos = self.cosine(embeddings)
-        index = labels.view(-1, 1)
-        cos_target = cos.gather(1, index)
+    def other_logits(self, scores: torch.Tensor, score_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             if self.training:
-                self.t.lerp_(gather_batch(cos_target).mean(), self.t_alpha)
-            hard = cos > arc_margin(cos_target, self.m, "plain")
+                self.t.lerp_(gather_batch(score_target).mean(), self.t_alpha)
+            hard = scores > arc_margin(score_target, self.m, "plain")
             t = self.t.clone()  # the graph keeps this copy, not the buffer the next step updates in place
-        negatives = torch.where(hard, cos * (t + cos), cos)
-        return self.s * negatives.scatter(1, index, self.target_cosine(cos_target, embeddings))
+        return self.s * torch.where(hard, scores * (t + scores), scores)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, m={self.m}, t_alpha={self.t_alpha}"

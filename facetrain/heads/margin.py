@@ -5,7 +5,7 @@ Also the angle helpers the other margin heads share: :func:`sine`, :func:`angle`
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
@@ -146,8 +146,8 @@ class SubCenterArcFace(ArcFace):
     def subcenters(self) -> torch.Tensor:
         return self.weight.view(self.num_classes, self.k, self.embedding_size)
 
-    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return super().cosine(embeddings).view(-1, self.num_classes, self.k).amax(dim=2)
+    def cosine(self, embeddings: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return super().cosine(embeddings, classes).view(len(embeddings), -1, self.k).amax(dim=2)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.k}"

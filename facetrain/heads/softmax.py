@@ -1,6 +1,8 @@
 """Plain softmax: an (optionally biased) linear classifier on the raw embedding."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,5 +19,6 @@ class SoftmaxHead(Head):
         super().__init__(embedding_size, num_classes)
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
 
-    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.linear(embeddings, self.weight, self.bias)
+    def scores(self, embeddings: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        bias = None if self.bias is None else self.class_rows(self.bias, classes)
+        return F.linear(embeddings, self.class_rows(self.weight, classes), bias)

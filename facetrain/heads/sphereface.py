@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,15 +57,19 @@ class SphereFace(Head):
     def stats(self) -> dict[str, torch.Tensor]:
         return {"lambda": self.annealing()}
 
-    def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def scores(self, embeddings: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return F.linear(F.normalize(embeddings), F.normalize(self.class_rows(self.weight, classes))).clamp(-1.0, 1.0)
+
+    def target_logit(self, score_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Advances ``iteration`` when training (this runs once per forward)."""
         if self.training:
             self.iteration += 1
-        cos = F.linear(F.normalize(embeddings), F.normalize(self.weight)).clamp(-1.0, 1.0)
-        index = labels.view(-1, 1)
-        cos_target = cos.gather(1, index)
-        lam = self.annealing().to(cos.dtype)
-        target = (lam * cos_target + psi(cos_target, self.m)) / (1.0 + lam)
-        return embeddings.norm(dim=1, keepdim=True) * cos.scatter(1, index, target)
+        lam = self.annealing().to(score_target.dtype)
+        target = (lam * score_target + psi(score_target, self.m)) / (1.0 + lam)
+        return embeddings.norm(dim=1, keepdim=True) * target
+
+    def other_logits(self, scores: torch.Tensor, score_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return embeddings.norm(dim=1, keepdim=True) * scores
 
     def extra_repr(self) -> str:
         return (f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, m={self.m}, base={self.base}, "
