@@ -283,6 +283,7 @@ class TrainerConfig:
     channels_last: bool = True
     cudnn_benchmark: bool = True
     fused_optimizer: bool = True  # one fused kernel per optimizer step (CPU and CUDA); false: torch's default
+    reuse_cpu_memory: bool = True  # CPU training (glibc): keep freed memory in the process, no page faults per step
     compile: bool = False  # torch.compile the backbone's training forward (evaluation stays eager)
     compile_mode: str = "default"  # a torch.compile mode; reduce-overhead adds CUDA graphs
     ddp_bucket_cap_mb: float = 25.0  # DDP gradient bucket size (torch's default 25)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from facetrain.backbones import build_backbone
 from facetrain.data import TrainData, build_train_data, resolve_targets
+from facetrain.engine.cpu_memory import reuse_freed_memory
 from facetrain.engine.distributed import DistInfo, dist_info, set_timeout
 from facetrain.engine.logging import setup_logging
 from facetrain.engine.model import FaceModel
@@ -123,6 +124,8 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
     """The model, optimizer, schedule and (with ``evaluate``, on rank 0) verification of ``cfg``, in a
     Trainer for ``data`` on ``device``: what ``run`` trains and ``scripts/benchmark.py train`` times."""
     torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
+    if device.type == "cpu" and cfg.trainer.reuse_cpu_memory:
+        reuse_freed_memory()
 
     def build(num_classes: int) -> Head:
         return build_head(cfg.loss.name, cfg.embedding_size, num_classes, **hparams(cfg.loss))

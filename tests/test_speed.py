@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -81,6 +83,38 @@ def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
 def test_speed_switches_keep_training_results(tmp_path, reference, switch, other):
     _, weights = trained_weights(tmp_path, f"trainer.{switch}=true", f"trainer.{other}=false")
     assert_close_states(weights, reference)
+
+
+MALLOC_PROBE = """
+import ctypes, sys, torch
+from facetrain.engine.cpu_memory import reuse_freed_memory
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+applied = sys.argv[1] == "on" and reuse_freed_memory()
+tensor = torch.empty(256 * 2**20, dtype=torch.uint8)
+mapped = libc.mallinfo2().hblkhd
+del tensor
+print(applied, mapped, libc.mallinfo2().fordblks)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's; elsewhere the switch does nothing")
+def test_reuse_freed_memory_keeps_large_tensors_in_the_heap():
+    """Without it glibc maps a 256 MB tensor from the kernel and unmaps it when freed; with it the tensor
+    comes from malloc's heap and its memory stays there, free for the next step."""
+    def probe(mode: str) -> list[str]:
+        result = subprocess.run([sys.executable, "-c", MALLOC_PROBE, mode], capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    size = 256 * 2**20
+    applied, mapped, free_after = probe("off")
+    assert applied == "False" and int(mapped) >= size and int(free_after) < size
+    applied, mapped, free_after = probe("on")
+    assert applied == "True" and int(mapped) < size and int(free_after) >= size
 
 
 @pytest.mark.slow  # inductor compiles the small MobileFaceNet for about 7 minutes on the 2-core CPU

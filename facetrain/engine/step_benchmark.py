@@ -228,6 +228,7 @@ def time_training(trainer: Trainer, batches: Iterator[Batch], warmup: int, steps
         "channels_last": trainer.s.channels_last,
         "compiled": trainer.model.compiled_backbone is not None,
         "fused_optimizer": bool(trainer.optimizer.defaults.get("fused")),
+        "reuse_cpu_memory": trainer.s.config["trainer"]["reuse_cpu_memory"] and device.type == "cpu",
         "cpu_threads": torch.get_num_threads(),
         "load_average": os.getloadavg()[0],
         "warmup_steps": warmup,
