@@ -11,7 +11,6 @@ from typing import Any, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
-from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
@@ -90,7 +89,11 @@ class Trainer:
         # NaN/Inf gradients and skips those updates on the device (no per-step host sync). With rank-local
         # gradients the ranks agree on skipping (one all-reduce).
         dynamic = settings.amp_dtype == torch.float16
-        scaler = ShardedGradScaler if dist.enabled and self.local_params else torch.amp.GradScaler
+        scaler = torch.amp.GradScaler
+        if dist.enabled and self.local_params:
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler  # 1 s to import: only when used
+
+            scaler = ShardedGradScaler
         self.scaler = scaler(settings.device.type, init_scale=2.0**16 if dynamic else 1.0)
         self.fixed_scale = None if dynamic else 1.0
         self.ddp: nn.Module = model

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from sklearn.metrics import auc, roc_curve
 
 
 @dataclass
@@ -37,6 +36,8 @@ def roc(scores: np.ndarray, labels: np.ndarray) -> Optional[ROC]:
     negatives = len(labels) - positives
     if positives == 0 or negatives == 0:
         return None
+    from sklearn.metrics import roc_curve  # scikit-learn takes 2 s to import: not before a run's first step
+
     fpr, tpr, _ = roc_curve(labels, np.asarray(scores, dtype=np.float64))
     return ROC(fpr, tpr, positives, negatives)
 
@@ -63,6 +64,8 @@ def roc_metrics(curve: Optional[ROC], fars: Sequence[float]) -> dict[str, Any]:
     """``{"tar_at_far": {far_key: TAR or None}, "auc", "eer"}`` of ``curve`` (all None without one)."""
     if curve is None:
         return {"tar_at_far": {far_key(f): None for f in fars}, "auc": None, "eer": None}
+    from sklearn.metrics import auc
+
     return {
         "tar_at_far": {far_key(f): tar_at_far(curve, f) for f in fars},
         "auc": float(auc(curve.fpr, curve.tpr)),
