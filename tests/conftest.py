@@ -30,6 +30,18 @@ def fresh_facetrain_logger():
     logger.setLevel(logging.NOTSET)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models: fastest, and immune to a busy machine (two threads
+    on a shared 2-core machine made them several times slower)."""
+    import torch  # here, not at the top: OMP_WAIT_POLICY must be set before torch is first imported
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("facetrain-cache")

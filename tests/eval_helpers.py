@@ -8,7 +8,6 @@ from types import ModuleType
 from typing import Any, Optional
 
 import numpy as np
-import pytest
 import torch
 
 from facetrain.backbones import build_backbone
@@ -52,12 +51,3 @@ def write_checkpoint(path: Path, backbone_config: dict[str, Any] = TINY_MBF, emb
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"backbone": backbone.state_dict(), "config": config, **extra}, path)
     return backbone.eval()
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models run on one thread: on a shared 2-core machine two threads make them several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

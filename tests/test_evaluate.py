@@ -16,7 +16,6 @@ from facetrain.data.synthetic_faces import render_face, sample_identity
 from facetrain.data.transforms import normalize
 from facetrain.errors import ModelError
 from facetrain.eval.verification import evaluate
-from tests.eval_helpers import one_thread  # noqa: F401  (fixture)
 from tests.eval_helpers import TINY_MBF, load_script, write_checkpoint
 
 evaluate_script = load_script("evaluate")

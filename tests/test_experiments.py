@@ -66,15 +66,6 @@ def test_x2softmax_preset_is_the_papers_schedule():
     assert (cfg.scheduler.gamma, cfg.optimizer.weight_decay, cfg.trainer.batch_size) == (0.1, 5e-4, 128)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny CPU steps are fastest on one thread (and several threads crawl on a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_every_preset_trains_two_steps_in_one_process(tmp_path, cache_dir, monkeypatch, one_thread):
     monkeypatch.setenv("FACETRAIN_CACHE", str(cache_dir))
     for preset, (_, loss, _, lr, reference_batch, _) in PRESETS.items():

@@ -7,7 +7,6 @@ import torch
 
 from facetrain.backbones import BACKBONES, build_backbone
 from facetrain.export import check_onnx, export_onnx
-from tests.eval_helpers import one_thread  # noqa: F401  (fixture)
 from tests.eval_helpers import TINY_MBF, load_script, write_checkpoint
 
 export_script = load_script("export_onnx")

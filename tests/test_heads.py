@@ -14,19 +14,12 @@ from omegaconf import OmegaConf
 
 from facetrain.heads import HEADS, build_head
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is fastest
+
 LOSS_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "loss"
 NAMES = HEADS.names()
 NEAR_0, NEAR_PI = 1e-3, math.pi - 1e-3
 ANGLES = [NEAR_0, 0.1, 1.0, 2.0, 3.0, NEAR_PI]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is fastest, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def approx(expected: float):

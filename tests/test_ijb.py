@@ -16,7 +16,6 @@ from facetrain.errors import DataError
 from facetrain.eval.embed import embed_images
 from facetrain.eval.ijb import (REFERENCE_LANDMARKS, align_face, pair_scores, read_ijb_meta, score_templates,
                                 similarity_transform, template_features)
-from tests.eval_helpers import one_thread  # noqa: F401  (fixture)
 from tests.eval_helpers import load_script, write_checkpoint
 
 eval_ijb = load_script("eval_ijb")

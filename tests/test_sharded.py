@@ -15,6 +15,8 @@ from facetrain.heads.distributed import ClassPartition, RowShard
 from facetrain.heads.sharded import ShardedHead, per_class_rows, shard_head
 from tests.dist_helpers import run_ranks
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is fastest
+
 CLASSES, DIM, BATCH, STEPS = 10, 8, 12, 3
 CASES = {  # name -> (registered head, hyperparameters, sample_rate)
     "softmax": ("softmax", {"bias": True}, 1.0),
@@ -29,14 +31,6 @@ CASES = {  # name -> (registered head, hyperparameters, sample_rate)
     "center+arcface": ("center", {"base": "arcface", "lambda_c": 0.1}, 1.0),  # extra term and per-class state
     "partial_fc_all_positive": ("arcface", {}, 0.5),  # Partial FC whose batch holds every class: samples all
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def builder(case: str):
