@@ -72,6 +72,23 @@ def test_resume_is_bit_identical(run_cli, tmp_path):
     assert len(list((interrupted / "tensorboard").glob("events.*"))) == 2  # same curves, continued
 
 
+def test_resume_honours_a_new_learning_rate_and_weight_decay(run_cli, tmp_path):
+    """The optimizer state comes from the checkpoint, its hyperparameters from this command line: the
+    lr continues the schedule from the new base lr (multistep: 0.1 ** 1 after the first milestone)."""
+    run_dir = tmp_path / "run"
+    assert run_cli(*RESUME_ARGS, "trainer.max_steps=10", f"hydra.run.dir={run_dir}").returncode == 0
+    resumed = run_cli(*RESUME_ARGS, "trainer.max_steps=12", f"resume={run_dir}", "optimizer.lr=0.02",
+                      "optimizer.weight_decay=0.001")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resume: optimizer lr 0.1 -> 0.02" in resumed.stderr
+    assert "resume: optimizer weight_decay 0.0005 -> 0.001" in resumed.stderr
+    state = torch.load(run_dir / "checkpoints" / "step_000000012.pt", weights_only=False)
+    group = state["optimizer"]["param_groups"][0]  # smoke: 160 images in batches of 8, milestones at steps 10 and 30
+    assert group["initial_lr"] == 0.02 and group["weight_decay"] == 0.001
+    assert group["lr"] == pytest.approx(0.02 * 0.1)
+    assert state["scheduler"]["base_lrs"] == [0.02]
+
+
 def test_resume_auto_picks_newest_run_and_refuses_a_different_head(run_cli, tmp_path):
     assert run_cli(*SMOKE, "eval.at_start=false").returncode == 0
     run_dir = only_run_dir(tmp_path / "outputs")

@@ -454,8 +454,25 @@ class Trainer:
             self.saved_step = self.step
         barrier()
 
+    def keep_configured_hyperparameters(self, configured: list[dict[str, Any]]) -> None:
+        """Put back the hyperparameters this run's config gave the optimizer, which loading its state
+        replaced with the checkpoint's: a resumed run honours ``optimizer.lr=...`` (and weight decay,
+        momentum, betas) on its command line, logging each change. The schedule goes on from its step:
+        the lr becomes the configured base lr times the schedule's factor there."""
+        for group, hyperparameters in zip(self.optimizer.param_groups, configured):
+            for key, value in hyperparameters.items():
+                if key != "lr" and group.get(key) != value:  # initial_lr: the base lr the schedule scales
+                    log.info(f"resume: optimizer {'lr' if key == 'initial_lr' else key} {group.get(key)} -> {value} "
+                             "(this run's config)")
+            group.update(hyperparameters)
+        self.scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by :meth:`save`, at the same place in the data."""
+        """Continue from a checkpoint written by :meth:`save`, at the same place in the data, with this
+        run's optimizer hyperparameters (:meth:`keep_configured_hyperparameters`)."""
+        configured = [{key: value for key, value in group.items() if key != "params"} for group in self.optimizer.param_groups]
         try:
             self.model.backbone.load_state_dict(state["backbone"])
             self.model.head.load_full_state_dict(state["head"])
@@ -464,6 +481,7 @@ class Trainer:
             raise ResumeError(f"the checkpoint does not fit the model: {str(exc).strip().splitlines()[0]}",
                               "resume with the settings the run was started with") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        self.keep_configured_hyperparameters(configured)
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch_in_epoch"]
