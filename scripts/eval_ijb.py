@@ -20,11 +20,11 @@ import numpy as np
 
 from facetrain import load_backbone
 from facetrain.cli import run_script
-from facetrain.eval.options import add_embedding_options, parse_embedding_args
+from facetrain.eval.options import add_embedding_options, embedding_device, parse_embedding_args
 from facetrain.eval.ijb import FARS, TARGETS, IJBResult, evaluate_ijb, read_ijb_meta
 from facetrain.eval.plots import plot_roc, plot_score_histograms
 from facetrain.eval.roc import far_key
-from facetrain.inference import find_checkpoint, resolve_device
+from facetrain.inference import find_checkpoint
 
 
 def format_table(result: IJBResult) -> str:
@@ -66,7 +66,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
 
     def work() -> None:
-        device = resolve_device(args.device)
+        device = embedding_device(args.device)
         meta = read_ijb_meta(args.ijb_root, args.target)
         checkpoint = find_checkpoint(args.checkpoint)
         backbone = load_backbone(checkpoint, device)

@@ -20,9 +20,9 @@ from facetrain import load_backbone
 from facetrain.cli import run_script
 from facetrain.data import resolve_targets
 from facetrain.eval import VerificationCallback
-from facetrain.eval.options import add_embedding_options, parse_embedding_args
+from facetrain.eval.options import add_embedding_options, embedding_device, parse_embedding_args
 from facetrain.eval.roc import far_key
-from facetrain.inference import find_checkpoint, resolve_device
+from facetrain.inference import find_checkpoint
 
 TABLE_FAR = 1e-3
 
@@ -56,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
 
     def work() -> None:
-        device = resolve_device(args.device)
+        device = embedding_device(args.device)
         targets = resolve_targets(args.targets, args.data_root)
         evaluator = VerificationCallback(targets, device, args.batch_size, args.flip, progress=args.progress)
         checkpoint = find_checkpoint(args.checkpoint)

@@ -26,8 +26,8 @@ from facetrain.data.imagefolder import IMAGE_SUFFIXES
 from facetrain.errors import DataError
 from facetrain.eval.embed import embed_batches
 from facetrain.eval.image_files import ImageFiles, load_images
-from facetrain.eval.options import add_embedding_options, parse_embedding_args
-from facetrain.inference import find_checkpoint, resolve_device
+from facetrain.eval.options import add_embedding_options, embedding_device, parse_embedding_args
+from facetrain.inference import find_checkpoint
 
 
 def list_images(source: Path) -> tuple[Path, list[str]]:
@@ -76,7 +76,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
 
     def work() -> None:
-        device = resolve_device(args.device)
+        device = embedding_device(args.device)
         base, names = list_images(args.images)
         backbone = load_backbone(find_checkpoint(args.checkpoint), device)
         dataset, kept = ImageFiles(base, names), []

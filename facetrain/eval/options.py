@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
+import torch
+
+from facetrain.engine.cpu_memory import reuse_freed_memory
 from facetrain.eval.embed import FLIP_MODES
 from facetrain.eval.image_files import default_workers
+from facetrain.inference import resolve_device
 
 
 def add_embedding_options(parser: argparse.ArgumentParser, workers: bool = True) -> None:
@@ -26,3 +30,12 @@ def parse_embedding_args(parser: argparse.ArgumentParser, argv: Optional[list[st
     if getattr(args, "workers", 0) < 0:
         parser.error("--workers must be at least 0")
     return args
+
+
+def embedding_device(kind: str) -> torch.device:
+    """The device ``--device`` names; on the CPU, malloc keeps the memory of one batch's activations for
+    the next (:mod:`facetrain.engine.cpu_memory`) instead of page-faulting it in again."""
+    device = resolve_device(kind)
+    if device.type == "cpu":
+        reuse_freed_memory()
+    return device
