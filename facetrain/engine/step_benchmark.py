@@ -21,7 +21,6 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from facetrain.data.prefetch import DevicePrefetcher
 from facetrain.data.sampler import WithIndex
-from facetrain.data.transforms import normalize
 from facetrain.engine.trainer import Trainer
 
 Batch = Sequence[torch.Tensor]  # uint8 images [N,3,H,W], labels [N], sample indices [N]
@@ -78,11 +77,8 @@ def step_flops(trainer: Trainer, batch: Batch) -> int:
     """FLOPs of the forward and backward pass of one step on ``batch`` (matrix products and
     convolutions, as ``torch.utils.flop_counter`` counts them, with :func:`conv_backward_flops`), run
     eagerly; gradients are cleared."""
-    model, device = trainer.model, trainer.s.device
-    images = normalize(batch[0].to(device))
-    if trainer.s.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = batch[1].to(device)
+    model = trainer.model
+    images, labels = trainer.model_inputs(*batch)
     with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops}) as counter:
         model.head(model.backbone(images), labels).loss.backward()
     model.zero_grad(set_to_none=True)

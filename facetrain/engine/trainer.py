@@ -226,15 +226,22 @@ class Trainer:
         finally:
             self.window_paused += time.perf_counter() - start
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> bool:
-        """Forward and backward one micro-batch; after ``grad_accum`` of them, one optimizer step. Advances
-        the position in the data; returns whether it stepped. No host sync."""
+    def model_inputs(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uint8 batch as the model takes it: on the device, flipped by (seed, epoch, index), normalised,
+        in the configured memory format."""
         device = self.s.device
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         images = normalize(random_hflip(images, indices, self.s.seed, self.epoch, self.s.hflip))
         if self.s.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> bool:
+        """Forward and backward one micro-batch; after ``grad_accum`` of them, one optimizer step. Advances
+        the position in the data; returns whether it stepped. No host sync."""
+        device = self.s.device
+        images, labels = self.model_inputs(images, labels, indices)
         autocast = (torch.autocast(device.type, dtype=self.s.amp_dtype) if self.s.amp_dtype is not None
                     else contextlib.nullcontext())
         self.batch += 1
