@@ -40,7 +40,7 @@ class HeadParallel(Enum):
 
 
 class ArcFaceVariant(Enum):
-    fallback = "fallback"  # cos(theta+m) while theta+m <= pi, else cos - m*sin(m) (insightface)
+    fallback = "fallback"  # cos(theta+m) while theta+m <= pi, else cos - m*sin(m) (arcface_torch before Dec 2022)
     easy = "easy"  # cos(theta+m) where cos > 0, else cos
     plain = "plain"  # cos(theta+m) everywhere
 
@@ -100,6 +100,7 @@ class ArcFaceConfig(LossConfig):
     s: float = MISSING
     m: float = MISSING
     variant: ArcFaceVariant = MISSING
+    straight_through: bool = MISSING  # the target's value, the gradient of s*cos (today's arcface_torch with plain)
 
 
 @dataclass
@@ -130,6 +131,7 @@ class CombinedMarginConfig(LossConfig):
     m1: float = MISSING
     m2: float = MISSING
     m3: float = MISSING
+    straight_through: bool = MISSING  # the angular part's gradient is that of cos (today's arcface_torch)
 
 
 @dataclass
@@ -171,7 +173,7 @@ class CurricularFaceConfig(LossConfig):
 class ElasticFaceConfig(LossConfig):
     s: float = MISSING
     m: Optional[float] = MISSING  # null: 0.5 for kind=arc, 0.35 for kind=cos
-    sigma: float = MISSING
+    sigma: Optional[float] = MISSING  # null: 0.05; with plus, 0.0175 (arc) or 0.02 (cos), the official config's
     kind: ElasticKind = MISSING
     plus: bool = MISSING
     plus_assignment: ElasticAssignment = MISSING
@@ -183,6 +185,7 @@ class SubCenterArcFaceConfig(LossConfig):
     m: float = MISSING
     k: int = MISSING
     variant: ArcFaceVariant = MISSING
+    straight_through: bool = MISSING
 
 
 # ---- datasets -----------------------------------------------------------------------------------
@@ -292,6 +295,7 @@ class TrainerConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size x processes x grad_accum)
     sync_bn: bool = False  # batch-norm statistics over every rank's batch
     dist_timeout_s: float = 1800.0  # a collective waiting longer for another rank fails the run
+    loss_scale_growth_interval: int = 100  # fp16: clean steps before the loss scale doubles (arcface_torch's 100)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from facetrain.engine.distributed import DistInfo, dist_info, set_timeout
 from facetrain.engine.logging import setup_logging
 from facetrain.engine.model import FaceModel
 from facetrain.engine.optim import build_optimizer, build_scheduler
-from facetrain.engine.resume import check_same_data, load_resume_state, merge_resume_config
+from facetrain.engine.resume import check_same_data, load_resume_state, merge_resume_config, rescale_max_steps
 from facetrain.engine.run_dir import has_checkpoints
 from facetrain.engine.sync_bn import sync_batchnorm
 from facetrain.engine.trainer import Trainer, TrainerSettings
@@ -46,19 +46,18 @@ def select_device(kind: str, local_rank: int) -> torch.device:
 
 
 def select_amp_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype for ``trainer.precision`` (None = fp32)."""
+    """Autocast dtype for ``trainer.precision`` (None = fp32). ``auto`` is fp32 on the CPU; fp16 runs on
+    the CPU too (torch's CPU autocast and GradScaler), which is how the tests drive its loss scaling."""
     if precision == "auto":
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("trainer.precision=fp16 needs a CUDA GPU", "use trainer.precision=bf16 or fp32 on the CPU")
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 _AT_LEAST = {"trainer.batch_size": 1, "trainer.max_epochs": 1, "trainer.log_every": 1, "trainer.num_workers": 0,
              "trainer.max_nonfinite": 0, "trainer.grad_accum": 1, "checkpoint.every_steps": 0, "checkpoint.keep_last": 0,
-             "eval.every_steps": 0, "eval.batch_size": 1}
+             "eval.every_steps": 0, "eval.batch_size": 1, "trainer.loss_scale_growth_interval": 1}
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -119,6 +118,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def global_batch(cfg: DictConfig, dist: DistInfo) -> int:
+    """Images per optimizer step: ``trainer.batch_size`` x processes x ``trainer.grad_accum``."""
+    return cfg.trainer.batch_size * dist.world_size * cfg.trainer.grad_accum
+
+
 def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInfo, device: torch.device,
                   evaluate: bool = True) -> Trainer:
     """The model, optimizer, schedule and (with ``evaluate``, on rank 0) verification of ``cfg``, in a
@@ -140,15 +144,15 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
         model = model.to(memory_format=torch.channels_last)
     if cfg.trainer.compile:
         model.compile_backbone(cfg.trainer.compile_mode)
-    global_batch = cfg.trainer.batch_size * dist.world_size * cfg.trainer.grad_accum  # images per optimizer step
+    step_batch = global_batch(cfg, dist)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer.name, fused=cfg.trainer.fused_optimizer,
-                                global_batch=global_batch, **hparams(cfg.optimizer))
+                                global_batch=step_batch, **hparams(cfg.optimizer))
     if cfg.optimizer.reference_batch is not None:
         log.info(f"optimizer.lr {cfg.optimizer.lr:g} is given for a global batch of {cfg.optimizer.reference_batch}: "
-                 f"lr {optimizer.param_groups[0]['lr']:.4g} for this run's global batch of {global_batch} (linear scaling)")
-    steps_per_epoch = len(data.dataset) // global_batch
+                 f"lr {optimizer.param_groups[0]['lr']:.4g} for this run's global batch of {step_batch} (linear scaling)")
+    steps_per_epoch = len(data.dataset) // step_batch
     if steps_per_epoch == 0:
-        raise ConfigError(f"the global batch ({global_batch}) is larger than the dataset ({len(data.dataset)} images)",
+        raise ConfigError(f"the global batch ({step_batch}) is larger than the dataset ({len(data.dataset)} images)",
                           "lower trainer.batch_size")
     total_steps = cfg.trainer.max_steps or cfg.trainer.max_epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, cfg.scheduler.name, total_steps, steps_per_epoch, **hparams(cfg.scheduler))
@@ -169,6 +173,7 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
         max_nonfinite=cfg.trainer.max_nonfinite, eval_every=cfg.eval.every_steps, eval_at_start=cfg.eval.at_start,
         progress_bar=cfg.trainer.progress_bar, config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         ddp_bucket_cap_mb=cfg.trainer.ddp_bucket_cap_mb, grad_accum=cfg.trainer.grad_accum,
+        loss_scale_growth_interval=cfg.trainer.loss_scale_growth_interval,
     )
     return Trainer(model, optimizer, scheduler, data.dataset, settings, dist, evaluator)
 
@@ -194,6 +199,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info(f"dataset {cfg.dataset.name}: {len(data.dataset)} images of {data.num_classes} identities at {data.root}")
     if checkpoint is not None:
         check_same_data(checkpoint, len(data.dataset), data.num_classes)
+        rescale_max_steps(cfg, list(HydraConfig.get().overrides.task), checkpoint, global_batch(cfg, dist))
     trainer = build_trainer(cfg, data, run_dir, dist, device)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)

@@ -14,59 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch import nn
-from torch.utils.data import Dataset
 
 import facetrain
 import facetrain.engine.trainer as trainer_module
 from facetrain.cli import run_cli
 from facetrain.engine.checkpoint import load_newest_valid
-from facetrain.engine.distributed import DistInfo, adopt_slurm_environment, first_host, set_timeout
-from facetrain.engine.optim import build_optimizer
-from facetrain.engine.trainer import Trainer, TrainerSettings
+from facetrain.engine.distributed import adopt_slurm_environment, first_host, set_timeout
 from facetrain.errors import ConfigError
-from facetrain.heads import build_head
-from facetrain.train import build_model, check_numbers, shards_head
+from facetrain.train import check_numbers, shards_head
 from tests.conftest import REPO, SMOKE, only_run_dir
 from tests.dist_helpers import run_ranks
 from tests.test_resilience import _composed, scalars
-
-IMAGES, CLASSES, GLOBAL_BATCH = 48, 6, 12
-
-
-class Faces(Dataset):
-    """48 random 3x6x6 images of 6 identities."""
-
-    def __init__(self) -> None:
-        self.images = torch.randint(0, 256, (IMAGES, 3, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return IMAGES
-
-    def __getitem__(self, index: int):
-        return self.images[index], index % CLASSES
-
-
-def backbone(batch_norm: bool) -> nn.Module:
-    norm = (lambda n, d: (nn.BatchNorm2d(n) if d == 2 else nn.BatchNorm1d(n))) if batch_norm else (lambda n, d: nn.Identity())
-    return nn.Sequential(nn.Conv2d(3, 4, 3), norm(4, 2), nn.PReLU(4), nn.Flatten(), nn.Linear(64, 8), norm(8, 1))
-
-
-def make_trainer(run_dir: Path, world_size: int = 1, rank: int = 0, total_steps: int = 6, batch_norm: bool = True,
-                 sharded: bool = True, sync_bn: bool = True, grad_accum: int = 1, checkpoint_every: int = 0) -> Trainer:
-    """The CLI's layout (``build_model``, ``build_optimizer``) on a tiny model; global batch 12."""
-    torch.manual_seed(0)
-    build = lambda n: build_head("arcface", 8, n, s=16.0, m=0.3)  # noqa: E731
-    dist = DistInfo(rank, rank, world_size)
-    model = build_model(backbone(batch_norm), build(CLASSES), build, sharded, 1.0, sync_bn, dist, torch.device("cpu"))
-    optimizer = build_optimizer(model.parameters(), "sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
-    settings = TrainerSettings(
-        run_dir=run_dir, total_steps=total_steps, batch_size=GLOBAL_BATCH // world_size // grad_accum, seed=0,
-        device=torch.device("cpu"), amp_dtype=None, grad_clip=5.0, log_every=1, num_workers=0, hflip=0.5,
-        channels_last=False, checkpoint_every=checkpoint_every, keep_last=0, save_best=False, best_metric=None,
-        max_nonfinite=3, eval_every=0, eval_at_start=False, progress_bar=False, config={}, grad_accum=grad_accum)
-    return Trainer(model, optimizer, scheduler, Faces(), settings, dist)
+from tests.trainer_helpers import CLASSES, final_weights, make_trainer
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -81,11 +40,6 @@ def _resume_worker(rank: int, world_size: int, run_dir: Path) -> None:
     trainer = make_trainer(run_dir, world_size, rank, total_steps=6)
     trainer.load_state_dict(load_newest_valid(run_dir / "checkpoints")[1])
     trainer.fit()
-
-
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    state = load_newest_valid(run_dir / "checkpoints")[1]
-    return {**{f"backbone.{k}": v for k, v in state["backbone"].items()}, **{f"head.{k}": v for k, v in state["head"].items()}}
 
 
 def test_ddp_with_sync_bn_and_a_sharded_head_reproduces_one_process(tmp_path):

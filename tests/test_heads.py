@@ -249,13 +249,17 @@ def test_curricularface_t_ema():
     assert head.t.item() == pytest.approx(0.01 * math.cos(1.0) * (1 + 0.99), rel=1e-5)
 
 
-def test_sphereface_iteration_counts_training_forwards():
-    head, x, y = _head_with_angle("sphereface", 0.5)
-    for _ in range(3):
-        head.train()(x, y)
-    head.eval()(x, y)
+def test_sphereface_anneals_per_optimizer_step_not_per_forward():
+    theta, norm = 0.5, 3.0
+    head, x, y = _head_with_angle("sphereface", theta, norm=norm)
+    for step in (1, 2, 3):  # two micro-batches per optimizer step (trainer.grad_accum=2)
+        lam = max(5.0, 1000.0 / (1 + 0.12 * step))  # the step being trained, 1-based, as the Caffe layer counts
+        expected = norm * (lam * math.cos(theta) + _psi(theta)) / (1 + lam)
+        for _ in range(2):
+            assert head.train()(x, y).logits[0, 0].item() == pytest.approx(expected, rel=1e-5)
+        head.on_optimizer_step()
     assert head.iteration.item() == 3
-    assert head.annealing().item() == pytest.approx(1000.0 / (1 + 0.12 * 3))
+    assert head.annealing().item() == pytest.approx(1000.0 / (1 + 0.12 * 3))  # eval and stats: the last step's
 
 
 # ---- properties every head has ----------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_tensorboard_holds_the_head_diagnostics_recomputed_by_hand(tmp_path):
 
     assert last(tb, "train/lr") == 0.0 and last(tb, "train/epoch") == 1.0
     assert last(tb, "train/throughput") > 0 and 0.0 <= last(tb, "train/data_wait") <= 1.0
-    assert last(tb, LOSS_TAG) == pytest.approx(trainer.last_loss)
+    assert last(tb, LOSS_TAG) == pytest.approx(trainer.record.last_loss)
     assert [(e.step, e.value) for e in tb.Scalars(accuracy_tag("toy"))] == [(0, 0.5), (3, 0.75), (6, pytest.approx(0.7))]
     assert [e.value for e in tb.Scalars(accuracy_tag("toy", best=True))] == [0.5, 0.75, 0.75]
     assert "system/gpu_memory_peak_gib" not in tb.Tags()["scalars"]  # CPU run

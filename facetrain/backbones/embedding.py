@@ -1,11 +1,15 @@
 """The output layer face backbones share: BN -> dropout -> flatten -> FC -> BN (insightface's layout).
 
-Flattening keeps the spatial layout of the last feature map, which matters for aligned faces.
+Flattening keeps the spatial layout of the last feature map, which matters for aligned faces. Under
+autocast the FC and the last BN run in fp32, as in arcface_torch's IResNet (``fc(x.float())`` outside its
+autocast region): the embedding is a 25,088-term dot product per output.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from facetrain.precision import at_least_fp32, no_autocast
 
 
 class FlattenEmbedding(nn.Module):
@@ -21,4 +25,6 @@ class FlattenEmbedding(nn.Module):
         self.features.weight.requires_grad = False  # insightface fixes the final BN scale at 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.fc(self.dropout(torch.flatten(self.bn(x), 1))))
+        x = self.dropout(torch.flatten(self.bn(x), 1))
+        with no_autocast(x):
+            return self.features(self.fc(at_least_fp32(x)))

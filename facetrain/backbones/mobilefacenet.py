@@ -1,6 +1,8 @@
 """MobileFaceNet (Chen et al., 2018) as insightface's ``mbf``: depthwise bottlenecks and a GDC head.
 
-``scale`` widens every stage (insightface uses 2); ``blocks`` sets the residual blocks per stage.
+``scale`` widens every stage (insightface uses 2); ``blocks`` sets the residual blocks per stage. Under
+autocast the last 1x1 convolution, the GDC and the embedding layer run in fp32, as in arcface_torch
+(``conv_sep(x.float())`` and ``features`` outside its autocast region).
 """
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import torch
 from torch import nn
 
 from facetrain.backbones.registry import BACKBONES
+from facetrain.precision import at_least_fp32, no_autocast
 
 
 def conv_bn(
@@ -70,8 +73,12 @@ class MobileFaceNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(self.gdc(self.body(x)), 1)
-        return self.features(self.fc(x))
+        *blocks, last_conv = self.body
+        for block in blocks:
+            x = block(x)
+        with no_autocast(x):
+            x = torch.flatten(self.gdc(last_conv(at_least_fp32(x))), 1)
+            return self.features(self.fc(x))
 
 
 @BACKBONES.register("mbf")

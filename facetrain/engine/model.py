@@ -32,6 +32,12 @@ class FaceModel(nn.Module):
         embeddings = self.backbone(images) if self.compiled_backbone is None else self.compiled_backbone(images)
         return self.head(embeddings, labels)
 
+    def on_optimizer_step(self) -> None:
+        """Tell every head in the model (a wrapper's inner heads too) that an optimizer step finished."""
+        for module in self.head.modules():
+            if isinstance(module, Head):
+                module.on_optimizer_step()
+
     def rank_local_tensors(self) -> dict[str, RowShard]:
         """Parameters and buffers (by name in this model) that hold only this rank's rows: a sharded
         head's. DDP leaves them alone and checkpoints gather them."""

@@ -43,11 +43,11 @@ class NonFiniteGuard:
         raise NonFiniteError(f"the loss or its gradients were NaN/Inf for {self.limit} consecutive steps "
                              f"from step {step} (loss {loss}); training stopped", REMEDIES)
 
-
-    def refuse_state(self, model: nn.Module, step: int) -> None:
+    def refuse_state(self, model: nn.Module, step: int, consequence: str) -> None:
         """Raise NonFiniteError on every rank if a parameter or buffer of ``model`` holds NaN/Inf on any
-        rank (one host sync; ranks differ when they hold different rows of a sharded head); called before
-        every checkpoint so that none ever holds them."""
+        rank (one host sync; ranks differ when they hold different rows of a sharded head), saying what was
+        not done (``consequence``); called before every checkpoint, so that none ever holds them, and
+        before every evaluation."""
         tensors = {name: t for name, t in model.state_dict().items() if t.is_floating_point()}
         finite = torch.stack([t.isfinite().all() for t in tensors.values()]).tolist() if tensors else []
         bad = [name for name, ok in zip(tensors, finite) if not ok]
@@ -57,4 +57,4 @@ class NonFiniteGuard:
         since = f" (the loss was {float(self.first_loss)} at step {int(self.first_step)})" if int(self.streak) else ""
         raise NonFiniteError(f"at step {step} the model holds NaN/Inf in {', '.join(bad[:3])}"
                              + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
-                             + f"{since}; no checkpoint was written", REMEDIES)
+                             + f"{since}; {consequence}", REMEDIES)

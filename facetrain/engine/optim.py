@@ -1,6 +1,7 @@
 """Optimizers and per-iteration learning-rate schedules, built by config name."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable, Iterable, Optional
 
@@ -9,14 +10,29 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from facetrain.registry import Registry
 
+log = logging.getLogger("facetrain")
+
 OPTIMIZERS: Registry = Registry("optimizer")
 SCHEDULES: Registry = Registry("scheduler")
 
 
 @OPTIMIZERS.register("sgd")
 def sgd(params: Iterable, lr: float, weight_decay: float, momentum: float, nesterov: bool, fused: bool = False) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-                           fused=fused or None)
+    """torch's SGD (no dampening). Fused, its momentum buffers start as zeros here, before the first step.
+
+    torch's fused SGD makes them with ``empty_like`` at its first step and fills them inside the kernel;
+    when that step is skipped (a NaN/Inf gradient, routine for an fp16 start) the kernel returns early
+    and the uninitialised memory became the momentum of every later step. Zeros give the first step
+    exactly the unfused result (``buf = momentum * 0 + grad = grad``, without dampening) and survive a skip.
+    """
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                                fused=fused or None)
+    if fused and momentum:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return optimizer
 
 
 @OPTIMIZERS.register("adamw")
@@ -138,3 +154,22 @@ def build_scheduler(
     warmup_steps = round(warmup_epochs * steps_per_epoch)
     factor = SCHEDULES.get(name)(total_steps, warmup_steps, steps_per_epoch, **hparams)
     return LambdaLR(optimizer, factor)
+
+
+def restore_configured_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: LambdaLR,
+                                       configured: list[dict[str, Any]]) -> None:
+    """Put back the hyperparameters this run's config gave each param group (``configured``), which
+    loading a checkpoint's optimizer state replaced with the saved ones: a resumed run honours
+    ``optimizer.lr=...`` (and weight decay, momentum, betas) on its command line, logging each change.
+    The schedule goes on from its step (``scheduler.last_epoch``): the lr becomes the configured base lr
+    times the schedule's factor there."""
+    for group, hyperparameters in zip(optimizer.param_groups, configured):
+        for key, value in hyperparameters.items():
+            if key != "lr" and group.get(key) != value:  # initial_lr: the base lr the schedule scales
+                log.info(f"resume: optimizer {'lr' if key == 'initial_lr' else key} {group.get(key)} -> {value} "
+                         "(this run's config)")
+        group.update(hyperparameters)
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

@@ -2,6 +2,7 @@
 refusal of anything that would change what is trained."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from facetrain.engine.checkpoint import load_checkpoint, load_newest_valid, newe
 from facetrain.engine.distributed import broadcast_object, dist_info
 from facetrain.engine.run_dir import CHECKPOINT_DIR
 from facetrain.errors import ResumeError
+
+log = logging.getLogger("facetrain")
 
 _NOT_CARRIED = ("resume", "hydra")
 _ABSENT = object()
@@ -86,3 +89,25 @@ def check_same_data(state: dict[str, Any], images: int, classes: int) -> None:
     if changed:
         raise ResumeError(f"cannot resume on a different dataset: number of {' and '.join(changed)}",
                           "point dataset.root at the data the run was started with, or start a fresh run")
+
+
+def position_in_steps(epoch: int, images_into_epoch: int, step_batch: int, steps_per_epoch: int) -> tuple[int, int, int]:
+    """``(step, epoch, steps into the epoch)`` in optimizer steps of ``step_batch`` images for a data
+    position of ``images_into_epoch`` images into ``epoch`` (rounded down to a whole step; a position past
+    the last whole step of the epoch is the start of the next)."""
+    epoch, steps_in_epoch = divmod(epoch * steps_per_epoch + min(images_into_epoch // step_batch, steps_per_epoch),
+                                   steps_per_epoch)
+    return epoch * steps_per_epoch + steps_in_epoch, epoch, steps_in_epoch
+
+
+def rescale_max_steps(cfg: DictConfig, overrides: list[str], state: dict[str, Any], step_batch: int) -> None:
+    """Re-express a saved ``trainer.max_steps`` in steps of this run's global batch (``step_batch``
+    images), so a run resumed with another batch trains the same number of images. A ``trainer.max_steps``
+    on this command line is taken as given, in the new steps."""
+    saved_batch = state.get("global_batch", step_batch)
+    if cfg.trainer.max_steps is None or saved_batch == step_batch or "trainer.max_steps" in override_keys(overrides):
+        return
+    rescaled = max(1, round(cfg.trainer.max_steps * saved_batch / step_batch))
+    log.info(f"resume: trainer.max_steps {cfg.trainer.max_steps} of {saved_batch} images -> {rescaled} of {step_batch} "
+             "(the same number of images)")
+    cfg.trainer.max_steps = rescaled

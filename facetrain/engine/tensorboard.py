@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Union
 
+import torch
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
@@ -55,3 +56,12 @@ def write_hparams(writer: SummaryWriter, config: dict[str, Any], metrics: dict[s
         writer.file_writer.add_summary(summary, step)
     for name, value in metrics.items():
         writer.add_scalar(name, value, step)
+
+
+def write_gpu_memory(writer: SummaryWriter, device: torch.device, step: int) -> None:
+    """Peak and reserved GPU memory of this process since the last call, in GiB (nothing on a CPU)."""
+    if device.type != "cuda":
+        return
+    writer.add_scalar("system/gpu_memory_peak_gib", torch.cuda.max_memory_allocated(device) / 2**30, step)
+    writer.add_scalar("system/gpu_memory_reserved_gib", torch.cuda.memory_reserved(device) / 2**30, step)
+    torch.cuda.reset_peak_memory_stats(device)

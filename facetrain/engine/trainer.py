@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -18,7 +18,6 @@ from torch.utils.tensorboard import SummaryWriter
 from facetrain.data.prefetch import DevicePrefetcher
 from facetrain.data.sampler import ResumableDistributedSampler, WithIndex
 from facetrain.data.transforms import normalize, random_hflip
-from facetrain.engine.atomic import atomic_write
 from facetrain.engine.checkpoint import (BEST_NAME, checkpoint_path, rng_state, rotate_checkpoints, save_checkpoint,
                                          set_rng_state)
 from facetrain.engine.distributed import (DistInfo, all_gather_objects, barrier, broadcast_object, global_grad_norm,
@@ -26,15 +25,23 @@ from facetrain.engine.distributed import (DistInfo, all_gather_objects, barrier,
 from facetrain.engine.logging import Progress, format_duration
 from facetrain.engine.model import FaceModel
 from facetrain.engine.nonfinite import NonFiniteGuard
+from facetrain.engine.optim import restore_configured_hyperparameters
 from facetrain.engine.preemption import Preempted, StopRequest, ignore_stop_signals
+from facetrain.engine.record import RunRecord
+from facetrain.engine.resume import position_in_steps
 from facetrain.engine.run_dir import CHECKPOINT_DIR
+from facetrain.engine.scaler import build_grad_scaler
 from facetrain.engine.shards import full_optimizer_state, shard_optimizer_state
-from facetrain.engine.tensorboard import LOSS_TAG, accuracy_tag, final_metrics, write_config, write_hparams
 from facetrain.engine.startup import seconds_since_start
+from facetrain.engine.tensorboard import LOSS_TAG, final_metrics, write_config, write_gpu_memory, write_hparams
+from facetrain.engine.window import StepWindow
 from facetrain.errors import ResumeError
 from facetrain.eval.callback import VerificationCallback
 
 log = logging.getLogger("facetrain")
+# The schedule advances with every optimizer step, taken or skipped (a skipped first step is routine in
+# fp16); torch warns when the first one was skipped, though the loop steps in the right order.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
 
 
 @dataclass
@@ -63,6 +70,7 @@ class TrainerSettings:
     config: dict[str, Any]  # resolved config, saved in every checkpoint
     grad_accum: int = 1  # micro-batches per optimizer step
     ddp_bucket_cap_mb: float = 25.0
+    loss_scale_growth_interval: int = 100  # fp16: clean steps before the loss scale doubles
 
 
 class Trainer:
@@ -86,16 +94,9 @@ class Trainer:
         parameters = dict(model.named_parameters())
         self.local_params = {id(parameters[name]): shard for name, shard in self.rank_local.items() if name in parameters}
         # fp16 scales the loss dynamically; in fp32/bf16 the scale stays 1 and the scaler only finds
-        # NaN/Inf gradients and skips those updates on the device (no per-step host sync). With rank-local
-        # gradients the ranks agree on skipping (one all-reduce).
-        dynamic = settings.amp_dtype == torch.float16
-        scaler = torch.amp.GradScaler
-        if dist.enabled and self.local_params:
-            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler  # 1 s to import: only when used
-
-            scaler = ShardedGradScaler
-        self.scaler = scaler(settings.device.type, init_scale=2.0**16 if dynamic else 1.0)
-        self.fixed_scale = None if dynamic else 1.0
+        # NaN/Inf gradients; either way such a step is skipped on every rank (see engine/scaler.py)
+        self.scaler, self.fixed_scale = build_grad_scaler(settings.device, settings.amp_dtype == torch.float16,
+                                                          settings.loss_scale_growth_interval)
         self.ddp: nn.Module = model
         if dist.enabled:
             device_ids = [settings.device.index] if settings.device.type == "cuda" else None
@@ -117,19 +118,13 @@ class Trainer:
             generator=torch.Generator().manual_seed(settings.seed),  # keeps the global RNG untouched
         )
         self.step = self.epoch = self.batch = 0  # optimizer steps; position in the data (micro-batches)
+        self.resumed_from: Optional[int] = None  # the checkpoint's step, in its own units
         self.micro_loss = torch.zeros((), device=settings.device)  # the current step's loss so far
-        self.window_loss = torch.zeros((), device=settings.device)  # sums since the last log line
-        self.window_grad_norm = torch.zeros((), device=settings.device)
-        self.window_diagnostics: dict[str, torch.Tensor] = {}  # sums of the head's per-batch means
-        self.last_diagnostics: dict[str, torch.Tensor] = {}  # the last batch's, for histograms
-        self.window_steps = 0
-        self.reset_window_clock()
+        self.window = StepWindow(settings.device)  # sums since the last log line
         self.guard = NonFiniteGuard(settings.device, settings.max_nonfinite)
         self.stop = StopRequest()
         self.saved_step = -1
-        self.best: dict[str, dict[str, float]] = {}
-        self.last_val: dict[str, dict[str, float]] = {}
-        self.last_loss: Optional[float] = None
+        self.record = RunRecord(settings.run_dir / "metrics.json")
         self.writer: Optional[SummaryWriter] = None
 
     @property
@@ -141,6 +136,11 @@ class Trainer:
         """Images per optimizer step: batch size x world size x ``grad_accum``."""
         return self.sampler.global_batch * self.s.grad_accum
 
+    @property
+    def epoch_position(self) -> float:
+        """Epochs of data trained so far: the finished epochs plus the fraction of the current one."""
+        return self.epoch + self.batch / self.sampler.batches_per_epoch
+
     # ---- the loop ---------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``; returns the final metrics (also written to ``metrics.json``).
@@ -148,18 +148,20 @@ class Trainer:
         Raises Preempted after checkpointing when SIGTERM/SIGUSR1 arrives, NonFiniteError when the
         loss stays NaN/Inf.
         """
-        if self.dist.is_main:  # a resumed run hides what the killed run logged after its checkpoint
-            self.writer = SummaryWriter(self.s.run_dir / "tensorboard", purge_step=self.step + 1 if self.step else None)
+        if self.dist.is_main:  # a resumed run hides what the killed run logged after its checkpoint (and, when
+            # it resumed with a larger global batch, so fewer steps, the points past its new step: no step twice)
+            purge = self.step if self.resumed_from is None else min(self.step, self.resumed_from)
+            self.writer = SummaryWriter(self.s.run_dir / "tensorboard", purge_step=purge + 1 if purge else None)
             write_config(self.writer, self.s.config, self.step)
         if self.step == 0 and self.s.eval_at_start:
             self.evaluate()
         progress = Progress(self.s.total_steps, self.steps_per_epoch, self.step, self.dist.is_main and self.s.progress_bar)
         self.model.train()
-        self.reset_window_clock()
+        self.window.restart_clock(self.step)
         first_step = self.step + 1
         with self.stop:
             while self.step < self.s.total_steps:
-                for images, labels, indices in self.timed(self.epoch_batches()):
+                for images, labels, indices in self.window.timed(self.epoch_batches()):
                     if not self.train_step(images, labels, indices):
                         continue  # accumulating
                     progress.advance(self.step)
@@ -174,7 +176,7 @@ class Trainer:
                     improved = self.evaluate() if self.due(self.s.eval_every) or done else False
                     checkpoint_due = self.due(self.s.checkpoint_every) or done
                     if checkpoint_due or improved:
-                        with self.paused():
+                        with self.window.pause():
                             self.save(step_file=checkpoint_due, best=improved)
                     if done:
                         break
@@ -205,27 +207,6 @@ class Trainer:
     def due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
 
-    def timed(self, batches: Iterable) -> Iterator:
-        """``batches``, adding the time spent waiting for each to ``window_wait``."""
-        iterator = iter(batches)
-        while True:
-            start = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            self.window_wait += time.perf_counter() - start
-            yield batch
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Time spent in here (evaluation, checkpoints) does not count towards throughput and ETA."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.window_paused += time.perf_counter() - start
-
     def model_inputs(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A uint8 batch as the model takes it: on the device, flipped by (seed, epoch, index), normalised,
         in the configured memory format."""
@@ -254,7 +235,7 @@ class Trainer:
             loss = output.loss / self.s.grad_accum
             self.scaler.scale(loss).backward()
         self.micro_loss += loss.detach()
-        self.accumulate(output.diagnostics, 1.0 / self.s.grad_accum)
+        self.window.add_micro_batch(output.diagnostics, 1.0 / self.s.grad_accum)
         if self.batch == self.sampler.batches_per_epoch:
             self.epoch, self.batch = self.epoch + 1, 0
         if stepping:
@@ -267,10 +248,12 @@ class Trainer:
         grad_norm = global_grad_norm(self.model.parameters(), self.local_params)
         if self.s.grad_clip:
             nn.utils.clip_grads_with_norm_(self.model.parameters(), self.s.grad_clip, grad_norm)
-        self.scaler.step(self.optimizer)  # skipped on the device when a gradient is NaN/Inf
+        self.scaler.step(self.optimizer)  # skipped on every rank when a gradient is NaN/Inf on one
+        skipped = self.scaler.last_found_inf
         self.scaler.update(self.fixed_scale)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        self.model.on_optimizer_step()
 
         loss = self.micro_loss.clone()
         self.micro_loss.zero_()
@@ -279,43 +262,25 @@ class Trainer:
             bad |= ~torch.isfinite(grad_norm)
         self.step += 1
         self.guard.update(self.step, loss, bad)
-        self.window_loss += loss
-        self.window_grad_norm += grad_norm
-        self.window_steps += 1
+        self.window.add_step(loss, grad_norm, skipped)
 
     # ---- logging and evaluation ---------------------------------------------------------------------
-    def accumulate(self, diagnostics: dict[str, torch.Tensor], weight: float = 1.0) -> None:
-        """Add ``weight`` times the batch means of the head's diagnostics to the window sums (device ops
-        only): a micro-batch weighs ``1 / grad_accum``, so the sums count optimizer steps."""
-        for name, values in diagnostics.items():
-            mean = values.float().mean() * weight
-            if name in self.window_diagnostics:
-                self.window_diagnostics[name] += mean
-            else:
-                self.window_diagnostics[name] = mean
-        self.last_diagnostics = diagnostics
-
-    def reset_window_clock(self) -> None:
-        """Start timing the steps after ``self.step`` (a resumed window's earlier steps were not timed here)."""
-        self.window_start, self.window_wait, self.window_paused = time.perf_counter(), 0.0, 0.0
-        self.clock_step = self.step
-
     def log_train(self, progress: Progress) -> None:
         """Log the means since the last log line (rank 0: the only per-interval host sync) and reset them:
         one line to the console and ``train.log``, scalars and histograms to TensorBoard."""
         if self.dist.is_main:
-            sums = {"loss": self.window_loss, "grad_norm": self.window_grad_norm, **self.window_diagnostics}
-            means = dict(zip(sums, (torch.stack(list(sums.values())).float() / self.window_steps).tolist()))
-            self.last_loss = means["loss"]
-            elapsed = max(time.perf_counter() - self.window_start - self.window_paused, 1e-9)
-            timed_steps = self.step - self.clock_step
+            means, skipped = self.window.read()
+            self.record.last_loss = means["loss"]
+            elapsed = self.window.elapsed()
+            timed_steps = self.step - self.window.clock_step
             step_time = elapsed / timed_steps
             scalars = {
                 **means,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "throughput": timed_steps * self.step_batch / elapsed,  # images/s
-                "data_wait": min(self.window_wait / elapsed, 1.0),  # fraction of the time spent waiting for data
-                "epoch": self.step / self.steps_per_epoch,
+                "data_wait": min(self.window.wait / elapsed, 1.0),  # fraction of the time spent waiting for data
+                "epoch": self.epoch_position,
+                "skipped_steps": skipped,  # NaN/Inf gradients (fp16 overflows among them) since the last line
             }
             if self.fixed_scale is None:  # fp16's dynamic loss scale
                 scalars["loss_scale"] = self.scaler.get_scale()
@@ -324,31 +289,19 @@ class Trainer:
             progress.show(loss=f"{means['loss']:.3f}", lr=f"{scalars['lr']:.2e}", img_s=f"{scalars['throughput']:.0f}")
             log.info(f"step {self.step}/{self.s.total_steps} epoch {scalars['epoch']:.2f} loss {means['loss']:.4f} "
                      f"lr {scalars['lr']:.3e} {scalars['throughput']:.1f} img/s data {scalars['data_wait']:.0%} "
-                     f"grad_norm {means['grad_norm']:.3g} ETA {format_duration(eta)} (epoch {format_duration(epoch_eta)})")
+                     f"grad_norm {means['grad_norm']:.3g}" + (f" skipped {skipped}" if skipped else "")
+                     + f" ETA {format_duration(eta)} (epoch {format_duration(epoch_eta)})")
             assert self.writer is not None
             for name, value in scalars.items():
                 self.writer.add_scalar(LOSS_TAG if name == "loss" else f"train/{name}", value, self.step)
-            for name, values in self.last_diagnostics.items():
+            for name, values in self.window.last_diagnostics.items():
                 finite = values[torch.isfinite(values)].float()  # a skipped NaN step leaves none
                 if finite.numel():
                     self.writer.add_histogram(f"train/{name}", finite, self.step)
             for name, value in self.model.head.stats().items():
                 self.writer.add_scalar(f"head/{name}", float(value), self.step)
-            self.log_memory()
-        self.window_loss.zero_()
-        self.window_grad_norm.zero_()
-        self.window_diagnostics.clear()
-        self.window_steps = 0
-        self.reset_window_clock()
-
-    def log_memory(self) -> None:
-        """Peak and reserved GPU memory of this process since the last log line, in GiB."""
-        if self.s.device.type != "cuda":
-            return
-        assert self.writer is not None
-        self.writer.add_scalar("system/gpu_memory_peak_gib", torch.cuda.max_memory_allocated(self.s.device) / 2**30, self.step)
-        self.writer.add_scalar("system/gpu_memory_reserved_gib", torch.cuda.memory_reserved(self.s.device) / 2**30, self.step)
-        torch.cuda.reset_peak_memory_stats(self.s.device)
+            write_gpu_memory(self.writer, self.s.device, self.step)
+        self.window.clear(self.step)
 
     def log_startup(self) -> None:
         """Log how long the process took to finish its first optimizer step (one sync, once)."""
@@ -370,42 +323,31 @@ class Trainer:
     def evaluate(self) -> bool:
         """Verification on rank 0 (the other ranks wait), logged and written to ``metrics.json``.
 
-        Returns, on every rank, whether the best-checkpoint metric improved (never at step 0).
+        Returns, on every rank, whether the best-checkpoint metric improved (never at step 0). A model
+        holding NaN/Inf (after a diverged step, batch norm's running statistics too) is never evaluated:
+        NonFiniteError on every rank instead, naming the step and the remedies.
         """
+        self.guard.check()
+        self.guard.refuse_state(self.model, self.step, "it was not evaluated")
         improved = False
         if self.dist.is_main and self.evaluator is not None:
-            with self.paused():
+            with self.window.pause():
                 results = self.evaluator(self.model.backbone)
             target = self.s.best_metric or next(iter(results))
-            improved = (self.s.save_best and self.step > 0
-                        and results[target]["accuracy"] > self.best.get(target, {}).get("accuracy", -1.0))
+            improved = self.s.save_best and self.step > 0 and self.record.improves(results, target)
             if improved:
                 log.info(f"step {self.step} {target} accuracy improved: saving {BEST_NAME}")
-            self.last_val = results
-            for name, result in results.items():
-                if result["accuracy"] > self.best.get(name, {}).get("accuracy", -1.0):
-                    self.best[name] = {"accuracy": result["accuracy"], "step": self.step}
-                assert self.writer is not None
-                self.writer.add_scalar(accuracy_tag(name), result["accuracy"], self.step)
-                self.writer.add_scalar(accuracy_tag(name, best=True), self.best[name]["accuracy"], self.step)
-                log.info(f"step {self.step} val {name}: accuracy {result['accuracy']:.4f} +- {result['std']:.4f} "
-                         f"({result['pairs']} pairs, best {self.best[name]['accuracy']:.4f})")
+            assert self.writer is not None
+            self.record.add_validation(results, self.step, self.writer)
             self.write_metrics()
         return bool(broadcast_object(improved))
 
     def metrics(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "epoch": self.step / self.steps_per_epoch,
-            "train_loss": self.last_loss,
-            "val": {name: {"accuracy": r["accuracy"], "std": r["std"]} for name, r in self.last_val.items()},
-            "best": self.best,
-        }
+        return self.record.metrics(self.step, self.epoch_position)
 
     def write_metrics(self) -> None:
         if self.dist.is_main:
-            with atomic_write(self.s.run_dir / "metrics.json", "w") as f:
-                f.write(json.dumps(self.metrics(), indent=2) + "\n")
+            self.record.write(self.step, self.epoch_position)
 
     # ---- checkpoints ----------------------------------------------------------------------------------
     def state_dict(self) -> Optional[dict[str, Any]]:
@@ -428,11 +370,8 @@ class Trainer:
             "grad_accum": self.s.grad_accum,
             "sampler_seed": self.sampler.seed,
             "data": {"images": self.sampler.size, "classes": self.model.head.num_classes},
-            "window": {"loss": self.window_loss.cpu(), "grad_norm": self.window_grad_norm.cpu(), "steps": self.window_steps,
-                       "diagnostics": {name: total.cpu() for name, total in self.window_diagnostics.items()}},
-            "best": self.best,
-            "last_val": self.last_val,
-            "last_loss": self.last_loss,
+            "window": self.window.state_dict(),
+            **self.record.state_dict(),
             "world_size": self.dist.world_size,
             "config": self.s.config,
         }
@@ -441,7 +380,7 @@ class Trainer:
         """Checkpoint on rank 0 with every rank's random state: ``step_N.pt`` (once per step) and,
         when ``best``, ``best.pt``. A NaN/Inf state is never written (NonFiniteError instead)."""
         self.guard.check()
-        self.guard.refuse_state(self.model, self.step)
+        self.guard.refuse_state(self.model, self.step, "no checkpoint was written")
         rng = all_gather_objects(rng_state())
         state = self.state_dict()
         if state is not None:
@@ -461,24 +400,14 @@ class Trainer:
             self.saved_step = self.step
         barrier()
 
-    def keep_configured_hyperparameters(self, configured: list[dict[str, Any]]) -> None:
-        """Put back the hyperparameters this run's config gave the optimizer, which loading its state
-        replaced with the checkpoint's: a resumed run honours ``optimizer.lr=...`` (and weight decay,
-        momentum, betas) on its command line, logging each change. The schedule goes on from its step:
-        the lr becomes the configured base lr times the schedule's factor there."""
-        for group, hyperparameters in zip(self.optimizer.param_groups, configured):
-            for key, value in hyperparameters.items():
-                if key != "lr" and group.get(key) != value:  # initial_lr: the base lr the schedule scales
-                    log.info(f"resume: optimizer {'lr' if key == 'initial_lr' else key} {group.get(key)} -> {value} "
-                             "(this run's config)")
-            group.update(hyperparameters)
-        self.scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
-        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
-            group["lr"] = base * factor(self.scheduler.last_epoch)
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by :meth:`save`, at the same place in the data, with this
-        run's optimizer hyperparameters (:meth:`keep_configured_hyperparameters`)."""
+        run's optimizer hyperparameters (:func:`~facetrain.engine.optim.restore_configured_hyperparameters`).
+
+        A checkpoint written with another global batch (world size, batch size or ``grad_accum``) continues
+        at the same epoch and image of that epoch (rounded down to a whole step of the new batch), with the
+        step counter and the schedule re-expressed in the new batch's steps (:func:`position_in_steps`).
+        """
         configured = [{key: value for key, value in group.items() if key != "params"} for group in self.optimizer.param_groups]
         try:
             self.model.backbone.load_state_dict(state["backbone"])
@@ -488,24 +417,24 @@ class Trainer:
             raise ResumeError(f"the checkpoint does not fit the model: {str(exc).strip().splitlines()[0]}",
                               "resume with the settings the run was started with") from None
         self.scheduler.load_state_dict(state["scheduler"])
-        self.keep_configured_hyperparameters(configured)
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.best, self.last_val, self.last_loss = state["best"], state["last_val"], state["last_loss"]
-        window = state.get("window", {"loss": 0.0, "grad_norm": 0.0, "steps": 0})
-        self.window_loss.fill_(window["loss"])
-        self.window_grad_norm.fill_(window["grad_norm"])
-        self.window_diagnostics = {name: total.to(self.s.device) for name, total in window.get("diagnostics", {}).items()}
-        self.window_steps = window["steps"]
+        self.resumed_from = state["step"]
+        self.record.load_state_dict(state)
+        self.window.load_state_dict(state.get("window", {}))
         step_batch = self.step_batch
         global_batch, accum = state.get("global_batch", step_batch), state.get("grad_accum", 1)
         if state["world_size"] == self.dist.world_size and (global_batch, accum) == (step_batch, self.s.grad_accum):
             set_rng_state(state["rng"][self.dist.rank])
-            return
-        log.warning(f"warning: the checkpoint was written by {state['world_size']} processes with a global batch of "
-                    f"{global_batch}, this run has {self.dist.world_size} and {step_batch}: it continues "
-                    "at the same place in the data but is not bit-identical to an uninterrupted run")
-        position = self.epoch * self.steps_per_epoch + self.batch // accum * global_batch // step_batch
-        self.epoch, steps = divmod(position, self.steps_per_epoch)
-        self.batch = steps * self.s.grad_accum
+        else:
+            self.step, self.epoch, steps_in_epoch = position_in_steps(
+                self.epoch, self.batch // accum * global_batch, step_batch, self.steps_per_epoch)
+            self.batch = steps_in_epoch * self.s.grad_accum
+            self.scheduler.last_epoch = self.step
+            log.warning(f"warning: the checkpoint was written by {state['world_size']} processes with a global batch of "
+                        f"{global_batch}, this run has {self.dist.world_size} and {step_batch}: step {state['step']} "
+                        f"(epoch {state['epoch']} + {state['batch_in_epoch'] // accum} of its steps) continues as step "
+                        f"{self.step} of {self.s.total_steps} at epoch {self.epoch_position:.4f}, the schedule in steps of "
+                        f"{step_batch} images; not bit-identical to an uninterrupted run")
+        restore_configured_hyperparameters(self.optimizer, self.scheduler, configured)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facetrain.heads.distributed import RowShard
+from facetrain.precision import at_least_fp32, no_autocast
 
 
 @dataclass
@@ -107,8 +108,8 @@ class Head(nn.Module, ABC):
         return loss if extra is None else loss + extra.mean()
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+        with no_autocast(embeddings):
+            embeddings = at_least_fp32(embeddings)
             logits = self.logits(embeddings, labels)
             loss = self.loss(logits, embeddings, labels)
             return HeadOutput(loss, logits, self.diagnostics(embeddings, labels, logits))
@@ -132,6 +133,11 @@ class Head(nn.Module, ABC):
         centres = self.weight.view(self.num_classes, -1, self.embedding_size)[labels]
         cos = torch.einsum("nd,nkd->nk", F.normalize(embeddings), F.normalize(centres, dim=2)).amax(dim=1)
         return torch.acos(cos.clamp(-1.0, 1.0)) * (180.0 / math.pi)
+
+    def on_optimizer_step(self) -> None:
+        """Called once after every optimizer step (a skipped one too), on every head in the model, wrapped
+        heads included: for state that follows the optimizer's steps rather than the forward passes
+        (SphereFace's annealing). Batch statistics (AdaFace, CurricularFace) update in the forward."""
 
     def stats(self) -> dict[str, torch.Tensor]:
         """The head's state worth watching, as named scalar tensors read at log intervals: by default every

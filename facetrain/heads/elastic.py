@@ -10,6 +10,8 @@ from facetrain.heads.margin import arc_margin, check_choice
 from facetrain.heads.registry import HEADS
 
 KINDS = {"arc": 0.5, "cos": 0.35}  # kind -> default mean margin (the paper's)
+SIGMA = 0.05  # default standard deviation of the margin
+PLUS_SIGMA = {"arc": 0.0175, "cos": 0.02}  # ElasticFace+: the official config's, by kind
 ASSIGNMENTS = ("paper", "official")
 
 
@@ -17,8 +19,10 @@ ASSIGNMENTS = ("paper", "official")
 class ElasticFace(MarginHead):
     """ElasticFace (Boutros et al., CVPRW 2022): each training sample's margin ``m_i ~ N(m, sigma)``, drawn
     anew every step. ``kind=arc``: target ``s * cos(theta + m_i)`` (no fallback, as paper and code);
-    ``kind=cos``: ``s * (cos(theta) - m_i)``. ``m`` defaults to 0.5 (arc) or 0.35 (cos). Outside training
-    the margin is ``m`` itself, so evaluation is deterministic.
+    ``kind=cos``: ``s * (cos(theta) - m_i)``. ``m`` defaults to 0.5 (arc) or 0.35 (cos), ``sigma`` to
+    0.05, or with ``plus`` to 0.0175 (arc) and 0.02 (cos), as the official ``config/config.py`` sets them
+    for ElasticArcFacePlus and ElasticCosFacePlus (fdbtrs/ElasticFace 5496ec06). Outside training the
+    margin is ``m`` itself, so evaluation is deterministic.
 
     ``plus`` (ElasticFace+): the batch's drawn margins are sorted and handed out by ``cos(theta_y)``.
     ``plus_assignment=paper`` (default): the sample closest to its class centre (largest ``cos``) gets
@@ -29,14 +33,15 @@ class ElasticFace(MarginHead):
     """
 
     def __init__(
-        self, embedding_size: int, num_classes: int, s: float = 64.0, m: Optional[float] = None, sigma: float = 0.05,
+        self, embedding_size: int, num_classes: int, s: float = 64.0, m: Optional[float] = None, sigma: Optional[float] = None,
         kind: str = "arc", plus: bool = False, plus_assignment: str = "paper",
     ) -> None:
         super().__init__(embedding_size, num_classes, s)
         self.kind = check_choice(kind, tuple(KINDS), "ElasticFace kind")
         self.plus_assignment = check_choice(plus_assignment, ASSIGNMENTS, "ElasticFace plus_assignment")
         self.m = KINDS[kind] if m is None else m
-        self.sigma, self.plus = sigma, plus
+        self.sigma = (PLUS_SIGMA[kind] if plus else SIGMA) if sigma is None else sigma
+        self.plus = plus
 
     @torch.no_grad()
     def margins(self, cos_target: torch.Tensor) -> Union[float, torch.Tensor]:

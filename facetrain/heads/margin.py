@@ -1,6 +1,26 @@
 """Fixed-margin heads on normalised features: NormFace, CosFace, ArcFace, combined margin, sub-center ArcFace.
 
-Also the angle helpers the other margin heads share: :func:`sine`, :func:`angle`, :func:`arc_margin`.
+Also the helpers the other margin heads share: :func:`sine`, :func:`angle`, :func:`arc_margin`,
+:func:`straight_through`.
+
+Which official code each option equals (checked side by side with that code, run outside this repository;
+the facts are pinned in ``tests/test_heads.py``), insightface commits named:
+
+- ``arcface variant=plain straight_through=true``: today's arcface_torch (``ArcFace`` and
+  ``CombinedMarginLoss(s, 1.0, m, 0.0)`` in ``recognition/arcface_torch/losses.py`` since 657ae30e,
+  Dec 2022, unchanged in substance at 7fadd420): target ``cos(theta + m)`` everywhere, built under
+  ``no_grad``, so its gradient is that of ``s*cos``.
+- ``arcface variant=fallback`` (default): arcface_torch before 657ae30e (e.g. d9cb10e6, April 2022, the
+  code of its published model zoo figures; 5c9f7c47 just before the change): ``cos(theta + m)`` while
+  ``theta + m <= pi``, else ``cos - m*sin(m)``, with the formula's gradient.
+- ``arcface variant=plain``: the paper and insightface's mxnet code (``arccos``, ``+ m``, ``cos``; read,
+  not run: mxnet is not installed), gradient through the formula.
+- ``combined straight_through=true``: arcface_torch's ``CombinedMarginLoss`` since 657ae30e where it
+  applies a margin: its angular part (``m1``, ``m2``) under ``no_grad``, CosFace's ``- m3`` differentiable.
+- ``cosface``: arcface_torch's ``CosFace`` (the subtraction is differentiable in every version).
+- ``subcenter_arcface`` (``variant=plain``): the paper and the official sub-center code
+  (``recognition/subcenter_arcface/train_parall.py``: max over the ``K`` sub-centres, then
+  ``cos(arccos(cos) + m)``; mxnet, read, not run).
 """
 from __future__ import annotations
 
@@ -33,6 +53,12 @@ def sine(cos: torch.Tensor) -> torch.Tensor:
 def angle(cos: torch.Tensor) -> torch.Tensor:
     """``theta = arccos(cos)`` in [0, pi] with a finite gradient at cos = +-1 (arccos' is infinite there)."""
     return torch.atan2(sine(cos), cos)
+
+
+def straight_through(value: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """``value`` forward, the gradient of ``cos`` backward: what writing a margin into the cosine matrix
+    under ``torch.no_grad`` does in the official arcface_torch and X2-Softmax code."""
+    return cos + (value - cos).detach()
 
 
 def _cos_sin(m: Margin) -> tuple[Margin, Margin]:
@@ -85,23 +111,27 @@ class ArcFace(MarginHead):
     """ArcFace (Deng et al., CVPR 2019): target ``s * cos(theta + m)``.
 
     ``cos(theta + m)`` is not monotonic once ``theta + m > pi``. Variants (:func:`arc_margin`):
-    ``fallback`` (default; insightface's official code): ``cos - m*sin(m)`` where ``theta > pi - m``;
+    ``fallback`` (default; arcface_torch before Dec 2022): ``cos - m*sin(m)`` where ``theta > pi - m``;
     ``easy``: ``cos(theta + m)`` only where ``cos > 0``, else ``cos``;
-    ``plain``: ``cos(theta + m)`` everywhere (the bare formula of the paper).
+    ``plain``: ``cos(theta + m)`` everywhere (the paper's formula). ``straight_through``: the target's
+    value as the variant says, the gradient of ``s*cos`` (with ``plain``: today's arcface_torch). The
+    module docstring names the commits each combination equals.
     """
 
     def __init__(
         self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, variant: str = "fallback",
-        centres_per_class: int = 1,
+        straight_through: bool = False, centres_per_class: int = 1,
     ) -> None:
         super().__init__(embedding_size, num_classes, s, centres_per_class)
         self.m, self.variant = m, check_choice(variant, ARC_VARIANTS, "ArcFace variant")
+        self.straight_through = straight_through
 
     def target_cosine(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        return arc_margin(cos_target, self.m, self.variant)
+        target = arc_margin(cos_target, self.m, self.variant)
+        return straight_through(target, cos_target) if self.straight_through else target
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, m={self.m}, variant={self.variant}"
+        return f"{super().extra_repr()}, m={self.m}, variant={self.variant}, straight_through={self.straight_through}"
 
 
 @HEADS.register("combined")
@@ -110,19 +140,26 @@ class CombinedMargin(MarginHead):
 
     All three margins are honoured (arcface_torch's ``CombinedMarginLoss`` drops ``m1`` and ``m2``
     whenever ``m3 > 0``; its original mxnet code, like this head, applies the formula as written).
+    ``straight_through``: the angular part ``cos(m1*theta + m2)`` takes the gradient of ``cos``, the
+    ``- m3`` stays differentiable, as today's arcface_torch computes whichever margin it applies.
     """
 
     def __init__(
-        self, embedding_size: int, num_classes: int, s: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2
+        self, embedding_size: int, num_classes: int, s: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2,
+        straight_through: bool = False,
     ) -> None:
         super().__init__(embedding_size, num_classes, s)
-        self.m1, self.m2, self.m3 = m1, m2, m3
+        self.m1, self.m2, self.m3, self.straight_through = m1, m2, m3, straight_through
 
     def target_cosine(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        return torch.cos(self.m1 * angle(cos_target) + self.m2) - self.m3
+        angular = torch.cos(self.m1 * angle(cos_target) + self.m2)
+        if self.straight_through:
+            angular = straight_through(angular, cos_target)
+        return angular - self.m3
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
+        return (f"{super().extra_repr()}, m1={self.m1}, m2={self.m2}, m3={self.m3}, "
+                f"straight_through={self.straight_through}")
 
 
 @HEADS.register("subcenter_arcface")
@@ -131,15 +168,17 @@ class SubCenterArcFace(ArcFace):
     largest cosine to class ``j``'s sub-centres, then ArcFace's margin on the target.
 
     ``weight`` is ``[num_classes * k, embedding_size]``, class-major: rows ``j*k .. j*k + k-1`` are class
-    ``j``'s sub-centres (:attr:`subcenters` is the ``[num_classes, k, embedding_size]`` view). The paper's
-    later step (drop non-dominant sub-centres, clean the data, retrain) is left to the user.
+    ``j``'s sub-centres (:attr:`subcenters` is the ``[num_classes, k, embedding_size]`` view). The
+    default ``variant=plain`` is the paper's and the official sub-center code's ``cos(theta + m)``; the
+    other variants and ``straight_through`` are ArcFace's. The paper's later step (drop non-dominant
+    sub-centres, clean the data, retrain) is left to the user.
     """
 
     def __init__(
         self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, k: int = 3,
-        variant: str = "fallback",
+        variant: str = "plain", straight_through: bool = False,
     ) -> None:
-        super().__init__(embedding_size, num_classes, s, m, variant, centres_per_class=k)
+        super().__init__(embedding_size, num_classes, s, m, variant, straight_through, centres_per_class=k)
         self.k = k
 
     @property

@@ -29,6 +29,7 @@ from facetrain.heads import distributed
 from facetrain.heads.base import Head, HeadOutput
 from facetrain.heads.distributed import (ClassPartition, RowShard, distributed_cross_entropy, gather_batch,
                                          gather_with_grad, global_batch, sum_of_replicated, sum_with_grad)
+from facetrain.precision import at_least_fp32, no_autocast
 
 HeadBuilder = Callable[[int], Head]  # num_classes -> a head of that many classes
 
@@ -86,8 +87,8 @@ class ShardedHead(Head):
         return self.inner.scores(embeddings, classes)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            embeddings = gather_with_grad(embeddings.to(torch.promote_types(embeddings.dtype, torch.float32)))
+        with no_autocast(embeddings):
+            embeddings = gather_with_grad(at_least_fp32(embeddings))
             local = gather_batch(labels) - self.start
             owned = (local >= 0) & (local < self.count)
             classes = self.sample(local[owned]) if self.sample_rate < 1.0 and self.training else None

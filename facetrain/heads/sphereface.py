@@ -32,11 +32,13 @@ class SphereFace(Head):
     """SphereFace / A-Softmax (Liu et al., CVPR 2017). Class centres normalised, features not, no scale.
 
     Logits ``||x|| cos(theta_j)``; target ``||x|| (lambda cos(theta) + psi(theta)) / (1 + lambda)`` with
-    ``lambda = max(lambda_min, base * (1 + gamma * it)^-power)``. ``it`` is the buffer ``iteration``,
-    incremented before use by every training forward (as the official Caffe layer does); defaults are the
-    official prototxt's (m=4, base=1000, gamma=0.12, power=1, lambda_min=5). Differs from the official
-    code in one respect: gradients are autograd's exact ones, where the Caffe layer hand-writes a
-    rescaled backward.
+    ``lambda = max(lambda_min, base * (1 + gamma * it)^-power)``. ``it`` is the number of the optimizer
+    step being trained (1 for the first; the official Caffe layer increments its counter before use, once
+    per iteration): the buffer ``iteration`` counts the finished optimizer steps
+    (:meth:`on_optimizer_step`), so every micro-batch of one step under ``trainer.grad_accum`` sees the
+    same lambda. Outside training, lambda is the last step's. Defaults are the official prototxt's (m=4,
+    base=1000, gamma=0.12, power=1, lambda_min=5). Differs from the official code in one respect:
+    gradients are autograd's exact ones, where the Caffe layer hand-writes a rescaled backward.
     """
 
     def __init__(
@@ -49,10 +51,13 @@ class SphereFace(Head):
         self.m, self.base, self.gamma, self.power, self.lambda_min = m, base, gamma, power, lambda_min
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
-    def annealing(self) -> torch.Tensor:
-        """The current ``lambda`` (a tensor: no host sync)."""
-        it = self.iteration.to(torch.float64)
+    def annealing(self, it: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``lambda`` at step ``it`` (default: the last finished step), a tensor: no host sync."""
+        it = (self.iteration if it is None else it).to(torch.float64)
         return (self.base * (1.0 + self.gamma * it) ** -self.power).clamp_min(self.lambda_min)
+
+    def on_optimizer_step(self) -> None:
+        self.iteration += 1
 
     def stats(self) -> dict[str, torch.Tensor]:
         return {"lambda": self.annealing()}
@@ -61,10 +66,7 @@ class SphereFace(Head):
         return F.linear(F.normalize(embeddings), F.normalize(self.class_rows(self.weight, classes))).clamp(-1.0, 1.0)
 
     def target_logit(self, score_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """Advances ``iteration`` when training (this runs once per forward)."""
-        if self.training:
-            self.iteration += 1
-        lam = self.annealing().to(score_target.dtype)
+        lam = self.annealing(self.iteration + 1 if self.training else None).to(score_target.dtype)
         target = (lam * score_target + psi(score_target, self.m)) / (1.0 + lam)
         return embeddings.norm(dim=1, keepdim=True) * target
 

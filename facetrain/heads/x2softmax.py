@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from facetrain.heads.base import MarginHead
-from facetrain.heads.margin import angle
+from facetrain.heads.margin import angle, straight_through
 from facetrain.heads.registry import HEADS
 
 
@@ -28,9 +28,7 @@ class X2Softmax(MarginHead):
 
     def target_cosine(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         target = self.a * (angle(cos_target) - self.h) ** 2 + self.k
-        if self.straight_through:
-            return cos_target + (target - cos_target).detach()
-        return target
+        return straight_through(target, cos_target) if self.straight_through else target
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, a={self.a}, h={self.h}, k={self.k}, straight_through={self.straight_through}"
