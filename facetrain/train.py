@@ -205,7 +205,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         trainer.load_state_dict(checkpoint)
     log.info(f"training {cfg.backbone.name} + {cfg.loss.name} for {trainer.s.total_steps} steps "
              f"({trainer.steps_per_epoch} per epoch, global batch {trainer.step_batch}) on {device}"
-             + (f", head split over {dist.world_size} rank(s) (sample_rate {cfg.head.sample_rate})" if trainer.rank_local else ""))
+             + (f", head split over {dist.world_size} rank{'s' if dist.world_size > 1 else ''} (sample_rate {cfg.head.sample_rate})" if trainer.rank_local else ""))
     metrics = trainer.fit()
     log.info(f"done: {metrics}")
     return metrics
