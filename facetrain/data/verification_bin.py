@@ -9,12 +9,14 @@ import numpy as np
 
 from facetrain.data.images import decode_image
 from facetrain.errors import DataError
+from facetrain.untrusted import UnsafeFileError, load_data_pickle
 
 
 def load_verification_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """``(images uint8 [2P,112,112,3] RGB, issame bool [P])``; pair i is rows 2i and 2i+1.
 
-    Reads Python 2 and 3 pickles; entries may be encoded image bytes or uint8 arrays.
+    Reads Python 2 and 3 pickles; entries may be encoded image bytes or uint8 arrays. Nothing else is
+    unpickled (:func:`facetrain.untrusted.load_data_pickle`): a file that would import anything is refused.
     """
     path = Path(path)
     if not path.is_file():
@@ -22,8 +24,9 @@ def load_verification_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
                         "check eval.targets and dataset.root (or pass the .bin path)")
     fix = "use a pickle of (images, issame_list) as insightface writes them"
     try:
-        with open(path, "rb") as f:
-            content = pickle.load(f, encoding="bytes")
+        content = load_data_pickle(path, "a verification .bin holds only images and labels")
+    except UnsafeFileError:
+        raise
     except Exception as exc:
         raise DataError(f"{path} is not a verification .bin ({exc.__class__.__name__}: {exc})", fix) from None
     if not (isinstance(content, (tuple, list)) and len(content) == 2

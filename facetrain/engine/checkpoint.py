@@ -4,6 +4,11 @@ and rotation of old ones.
 ``checkpoints/step_000000040.pt`` is written to a temp file while its sha256 is computed, the digest
 goes to ``step_000000040.pt.sha256`` (``sha256sum -c`` format), then the temp file is fsynced and
 renamed. A file whose digest does not match its sidecar, or that torch cannot read, is corrupt.
+
+A checkpoint holds only tensors and plain Python values (format 3: the numpy random state is stored as
+a tensor), and is loaded with torch's ``weights_only`` loader: a file that would import anything else
+(run code) is refused (:mod:`facetrain.untrusted`). Format 2 files hold numpy arrays in their random
+state; exactly numpy's array reconstruction globals are allowed for them.
 """
 from __future__ import annotations
 
@@ -20,8 +25,14 @@ import torch
 
 from facetrain.engine.atomic import atomic_write, remove_stale_temps
 from facetrain.errors import FacetrainError, ResumeError
+from facetrain.untrusted import load_torch_file
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+HOLDS = "a facetrain checkpoint holds only tensors and plain values"
+# what a format-2 checkpoint's numpy random state needs, under numpy 1's and numpy 2's module names
+_NUMPY_CORE = getattr(np, "_core", None) or np.core
+NUMPY_ARRAY_GLOBALS = [(_NUMPY_CORE.multiarray._reconstruct, f"{module}.multiarray._reconstruct")
+                       for module in ("numpy.core", "numpy._core")] + [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 BEST_NAME = "best.pt"
 CHECKSUM_SUFFIX = ".sha256"
 CORRUPT_SUFFIX = ".corrupt"
@@ -124,7 +135,8 @@ def verify_checksum(path: Path) -> None:
 
 
 def load_checkpoint(path: Path, mmap: bool = True) -> dict[str, Any]:
-    """Verify and load a checkpoint on the CPU; a ResumeError names the file if it is corrupt or too new.
+    """Verify and load a checkpoint on the CPU; a ResumeError names the file if it is corrupt or too new,
+    an UnsafeFileError if it would run code.
 
     ``mmap`` (the default) maps the file instead of reading it: tensors the caller never touches (the
     head, for ``load_backbone``; other ranks' rows of a sharded head; the optimizer state) never take
@@ -132,7 +144,9 @@ def load_checkpoint(path: Path, mmap: bool = True) -> dict[str, Any]:
     """
     verify_checksum(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        state = load_torch_file(path, HOLDS, NUMPY_ARRAY_GLOBALS, mmap=mmap)
+    except FacetrainError:
+        raise
     except Exception as exc:
         raise CorruptCheckpointError(f"checkpoint {path} is unreadable ({exc.__class__.__name__})",
                                      "it is truncated or corrupt; delete it to fall back to an older one") from None
@@ -157,16 +171,20 @@ def load_newest_valid(directory: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random generator this process uses."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random generator this process uses, as tensors and plain values."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached)
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state` (or a format-2 checkpoint's, whose numpy keys are an array)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -12,7 +12,7 @@ from facetrain.config import IDENTITY_KEYS, TrainConfig
 from facetrain.engine.checkpoint import load_checkpoint, load_newest_valid, newest_checkpoint
 from facetrain.engine.distributed import broadcast_object, dist_info
 from facetrain.engine.run_dir import CHECKPOINT_DIR
-from facetrain.errors import ResumeError
+from facetrain.errors import FacetrainError, ResumeError
 
 log = logging.getLogger("facetrain")
 
@@ -71,10 +71,10 @@ def load_resume_state(run_dir: Path) -> dict[str, Any]:
         try:
             path, state = load_newest_valid(run_dir / CHECKPOINT_DIR)
             found = path
-        except ResumeError as exc:
+        except FacetrainError as exc:  # every rank raises it (a corrupt, too new or refused checkpoint)
             found = exc
     found = broadcast_object(found)
-    if isinstance(found, ResumeError):
+    if isinstance(found, FacetrainError):
         raise found
     return state if dist_info().is_main else load_checkpoint(found)
 
