@@ -50,6 +50,17 @@ class ElasticKind(Enum):
     cos = "cos"  # cos(theta) - m_i
 
 
+class HeadInit(Enum):
+    random = "random"  # the head's own initialisation
+    class_mean = "class_mean"  # each class centre at the mean embedding of its images under the initial backbone
+
+
+class ChannelOrder(Enum):
+    auto = "auto"  # what the file's layout says (AdaFace: BGR; the others: RGB)
+    rgb = "rgb"
+    bgr = "bgr"
+
+
 class ElasticAssignment(Enum):
     paper = "paper"  # ElasticFace+: the sample closest to its centre gets the smallest margin
     official = "official"  # the official code's margin[argsort(cos)] indexing
@@ -59,6 +70,9 @@ class ElasticAssignment(Enum):
 @dataclass
 class BackboneConfig:
     name: str = MISSING
+    # recompute each block's activations in the backward pass: less memory for more compute (IResNet, IR,
+    # ViT, timm networks that support it; refused by the others)
+    activation_checkpointing: bool = False
 
 
 @dataclass
@@ -75,6 +89,30 @@ class MobileFaceNetConfig(BackboneConfig):
 
 @dataclass
 class TorchvisionConfig(BackboneConfig):
+    dropout: float = MISSING
+
+
+@dataclass
+class IRConfig(BackboneConfig):
+    dropout: float = MISSING  # before the output FC (AdaFace's 0.4)
+
+
+@dataclass
+class ViTConfig(BackboneConfig):
+    image_size: int = MISSING
+    patch_size: int = MISSING
+    embed_dim: int = MISSING
+    depth: int = MISSING
+    num_heads: int = MISSING
+    mlp_ratio: float = MISSING
+    drop_path_rate: float = MISSING  # stochastic depth, rising linearly to this over the blocks
+    mask_ratio: float = MISSING  # fraction of patch tokens replaced by the mask token while training
+
+
+@dataclass
+class TimmConfig(BackboneConfig):
+    model: str = MISSING  # any timm.list_models() name
+    weights: Optional[str] = None  # a local file of timm weights (never downloaded)
     dropout: float = MISSING
 
 
@@ -235,6 +273,9 @@ class OptimizerConfig:
     # The global batch (images per optimizer step, all processes) that ``lr`` is given for: the run uses
     # lr * its global batch / reference_batch (linear scaling). null: lr is used as given.
     reference_batch: Optional[int] = None
+    # no weight decay on biases, normalisation and other 1-D weights (PReLU's too), nor on what the backbone
+    # names in no_weight_decay() (a ViT's position embedding and mask token), as timm's ViT recipes train
+    no_decay_norm_bias: bool = False
 
 
 @dataclass
@@ -307,6 +348,26 @@ class HeadConfig:
 
 
 @dataclass
+class InitConfig:
+    """How a new run starts (not a resume): the backbone from a weight file, the head from class means."""
+
+    backbone: Optional[str] = None  # a released weight file, facetrain checkpoint or run directory
+    strict: bool = True  # refuse a file that leaves backbone tensors out (a torchvision file's embedding layer)
+    input_order: ChannelOrder = ChannelOrder.auto  # the channel order the file's model was trained on
+    head: HeadInit = HeadInit.random
+
+
+@dataclass
+class FinetuneConfig:
+    """Training a pretrained backbone on new identities."""
+
+    backbone_lr_scale: float = 1.0  # the backbone's lr is optimizer.lr x this (the head's: optimizer.lr)
+    frozen: list[str] = field(default_factory=list)  # parameter-name prefixes that do not train, e.g. [backbone]
+    frozen_steps: Optional[int] = None  # ... for the first N optimizer steps; null: for the whole run
+    freeze_batch_norm: bool = False  # the backbone's batch norm keeps (and uses) the running statistics it starts with
+
+
+@dataclass
 class CheckpointConfig:
     every_steps: int = 1000  # 0: only at the end (and on preemption)
     keep_last: int = 3  # newest step_N.pt files kept; 0 keeps all
@@ -333,6 +394,8 @@ class TrainConfig:
     backbone: Any = MISSING
     loss: Any = MISSING
     head: HeadConfig = field(default_factory=HeadConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     dataset: Any = MISSING
     optimizer: Any = MISSING
     scheduler: Any = MISSING
@@ -342,7 +405,8 @@ class TrainConfig:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "backbone": {"iresnet": IResNetConfig, "mobilefacenet": MobileFaceNetConfig, "torchvision": TorchvisionConfig},
+    "backbone": {"iresnet": IResNetConfig, "mobilefacenet": MobileFaceNetConfig, "torchvision": TorchvisionConfig,
+                 "ir": IRConfig, "vit": ViTConfig, "timm": TimmConfig},
     "loss": {
         "softmax": SoftmaxConfig, "normface": NormFaceConfig, "center": CenterLossConfig, "sphereface": SphereFaceConfig,
         "cosface": CosFaceConfig, "arcface": ArcFaceConfig, "combined": CombinedMarginConfig,

@@ -6,11 +6,16 @@ needs fp32 too (``cos(theta + m)`` near theta = 0 loses its margin in bf16's 8 b
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
-def no_autocast(x: torch.Tensor) -> torch.autocast:
-    """A context in which operations on ``x``'s device type run in their inputs' own dtype."""
+def no_autocast(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A context in which operations on ``x``'s device type run in their inputs' own dtype (nothing to do
+    for shape-only ``meta`` tensors, which have no autocast)."""
+    if x.device.type == "meta":
+        return contextlib.nullcontext()
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 

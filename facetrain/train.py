@@ -15,10 +15,12 @@ from facetrain.backbones import build_backbone
 from facetrain.data import TrainData, build_train_data, resolve_targets
 from facetrain.engine.cpu_memory import reuse_freed_memory
 from facetrain.engine.distributed import DistInfo, dist_info, set_timeout
+from facetrain.engine.finetune import freeze_batch_norm, init_head_from_class_means, load_backbone_weights, matches
 from facetrain.engine.logging import setup_logging
 from facetrain.engine.model import FaceModel
 from facetrain.engine.optim import build_optimizer, build_scheduler
-from facetrain.engine.resume import check_same_data, load_resume_state, merge_resume_config, rescale_max_steps
+from facetrain.engine.resume import (check_same_data, load_resume_state, merge_resume_config, override_keys,
+                                     rescale_max_steps)
 from facetrain.engine.run_dir import has_checkpoints
 from facetrain.engine.sync_bn import sync_batchnorm
 from facetrain.engine.trainer import Trainer, TrainerSettings
@@ -86,6 +88,12 @@ def check_numbers(cfg: DictConfig) -> None:
     if cfg.trainer.compile_mode not in COMPILE_MODES:
         raise ConfigError(f"trainer.compile_mode={cfg.trainer.compile_mode} is not a torch.compile mode",
                           f"choose one of: {', '.join(COMPILE_MODES)}")
+    if cfg.finetune.backbone_lr_scale < 0:
+        raise ConfigError(f"finetune.backbone_lr_scale={cfg.finetune.backbone_lr_scale} is negative",
+                          "pass a factor >= 0 (e.g. 0.1; 1 trains the backbone at optimizer.lr)")
+    if cfg.finetune.frozen_steps is not None and cfg.finetune.frozen_steps < 0:
+        raise ConfigError(f"finetune.frozen_steps={cfg.finetune.frozen_steps} is negative",
+                          "pass a number of optimizer steps, or null to keep finetune.frozen frozen for the whole run")
     if cfg.trainer.ddp_bucket_cap_mb <= 0:
         raise ConfigError(f"trainer.ddp_bucket_cap_mb={cfg.trainer.ddp_bucket_cap_mb} must be positive", "pass e.g. 25 (DDP's default)")
 
@@ -124,9 +132,10 @@ def global_batch(cfg: DictConfig, dist: DistInfo) -> int:
 
 
 def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInfo, device: torch.device,
-                  evaluate: bool = True) -> Trainer:
+                  evaluate: bool = True, fresh: bool = True) -> Trainer:
     """The model, optimizer, schedule and (with ``evaluate``, on rank 0) verification of ``cfg``, in a
-    Trainer for ``data`` on ``device``: what ``run`` trains and ``scripts/benchmark.py train`` times."""
+    Trainer for ``data`` on ``device``: what ``run`` trains and ``scripts/benchmark.py train`` times.
+    A ``fresh`` run (not a resume) starts as ``init.*`` says."""
     torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
     if device.type == "cpu" and cfg.trainer.reuse_cpu_memory:
         reuse_freed_memory()
@@ -138,15 +147,24 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
     with torch.random.fork_rng(devices=[]):  # every rank draws the same initial weights, whatever the world size
         torch.manual_seed(cfg.seed)
         backbone = build_backbone(cfg.backbone.name, cfg.embedding_size, **hparams(cfg.backbone))
+        if fresh and cfg.init.backbone is not None:
+            load_backbone_weights(cfg.init.backbone, backbone, cfg.backbone.name, hparams(cfg.backbone),
+                                  cfg.embedding_size, cfg.init.input_order.value, cfg.init.strict)
         model = build_model(backbone, build(data.num_classes), build, sharded, cfg.head.sample_rate,
                             cfg.trainer.sync_bn, dist, device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if fresh and cfg.init.head.value == "class_mean":
+        init_head_from_class_means(model.head, model.backbone, data.dataset, dist, device, cfg.trainer.batch_size,
+                                   cfg.trainer.num_workers)
+    if cfg.finetune.freeze_batch_norm:
+        log.info(f"finetune.freeze_batch_norm: {freeze_batch_norm(model.backbone)} batch norm layers keep their statistics")
     if cfg.trainer.compile:
         model.compile_backbone(cfg.trainer.compile_mode)
     step_batch = global_batch(cfg, dist)
-    optimizer = build_optimizer(model.parameters(), cfg.optimizer.name, fused=cfg.trainer.fused_optimizer,
-                                global_batch=step_batch, **hparams(cfg.optimizer))
+    lr_scales = {"backbone": cfg.finetune.backbone_lr_scale} if cfg.finetune.backbone_lr_scale != 1.0 else {}
+    optimizer = build_optimizer(model, cfg.optimizer.name, fused=cfg.trainer.fused_optimizer, global_batch=step_batch,
+                                lr_scales=lr_scales, **hparams(cfg.optimizer))
     if cfg.optimizer.reference_batch is not None:
         log.info(f"optimizer.lr {cfg.optimizer.lr:g} is given for a global batch of {cfg.optimizer.reference_batch}: "
                  f"lr {optimizer.param_groups[0]['lr']:.4g} for this run's global batch of {step_batch} (linear scaling)")
@@ -174,8 +192,29 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
         progress_bar=cfg.trainer.progress_bar, config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         ddp_bucket_cap_mb=cfg.trainer.ddp_bucket_cap_mb, grad_accum=cfg.trainer.grad_accum,
         loss_scale_growth_interval=cfg.trainer.loss_scale_growth_interval,
+        frozen=frozen_prefixes(cfg, model), frozen_steps=cfg.finetune.frozen_steps,
     )
     return Trainer(model, optimizer, scheduler, data.dataset, settings, dist, evaluator)
+
+
+def frozen_prefixes(cfg: DictConfig, model: torch.nn.Module) -> tuple[str, ...]:
+    """``finetune.frozen``, each checked to name parameters of ``model``."""
+    prefixes = tuple(cfg.finetune.frozen)
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(matches(name, (prefix,)) for name in names):
+            tops = sorted({name.split(".")[0] for name in names})
+            raise ConfigError(f"finetune.frozen names '{prefix}', which is no parameter (or module) of the model",
+                              f"name parameter prefixes such as {', '.join(tops)}, or backbone.<module>")
+    return prefixes
+
+
+def refuse_init_with_resume(cfg: DictConfig, overrides: list[str]) -> None:
+    """``init.*`` (start a new run from weights) on the same command line as ``resume`` (continue a run)."""
+    given = [key for key in override_keys(overrides) if key.split(".")[0] == "init"]
+    if cfg.resume is not None and given:
+        raise ConfigError(f"{given[0]} starts a new run from weights, but resume={cfg.resume} continues a run",
+                          "drop resume to start from the weights, or drop init.* to continue the run")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -184,6 +223,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     setup_logging(run_dir, dist.is_main)
     checkpoint = None
+    refuse_init_with_resume(cfg, list(HydraConfig.get().overrides.task))
     if cfg.resume is not None and has_checkpoints(run_dir):
         checkpoint = load_resume_state(run_dir)
         cfg = merge_resume_config(cfg, list(HydraConfig.get().overrides.task), checkpoint["config"])
@@ -200,7 +240,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if checkpoint is not None:
         check_same_data(checkpoint, len(data.dataset), data.num_classes)
         rescale_max_steps(cfg, list(HydraConfig.get().overrides.task), checkpoint, global_batch(cfg, dist))
-    trainer = build_trainer(cfg, data, run_dir, dist, device)
+    trainer = build_trainer(cfg, data, run_dir, dist, device, fresh=checkpoint is None)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
     log.info(f"training {cfg.backbone.name} + {cfg.loss.name} for {trainer.s.total_steps} steps "

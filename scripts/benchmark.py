@@ -4,6 +4,7 @@
     python scripts/benchmark.py head [--num-classes 2000000] [--world-size 1 2 4 8] [--sample-rate 0.1]
     python scripts/benchmark.py ijb [--backbone r100] [--images 469375 --templates 23124 --pairs 15658489]
     python scripts/benchmark.py train [--data synthetic|real] [--warmup 5] [--steps 20] [HYDRA OVERRIDES ...]
+    python scripts/benchmark.py backbones [NAMES ...] [--timm MODEL ...] [--embedding-size 512]
 
 ``data``: how fast the input pipeline feeds a GPU from a dataset folder (a RecordIO folder, identity
 folders or a list file): single-core decode speed of each JPEG decoder, one core's dataset speed
@@ -25,6 +26,9 @@ from the same overrides, on random in-memory batches (``--data synthetic``, the 
 dataset through the trainer's DataLoader (``--data real``). Prints JSON: images/s, ms per step
 (median and spread), data wait vs compute, peak memory, and achieved TFLOP/s and MFU against the
 GPU's peak (``--peak-tflops`` for other devices).
+
+``backbones``: parameters and forward GFLOPs (one 112x112 image) of the registered backbones and of
+any timm models named, as a markdown table (the README's backbone table).
 
 A new subcommand is a function ``add_<name>_command(subparsers)`` that sets ``run=`` on its parser,
 listed in ``COMMANDS``.
@@ -60,7 +64,8 @@ from facetrain.data.prefetch import DevicePrefetcher
 from facetrain.data.recordio import unpack_record
 from facetrain.engine.distributed import cleanup, init_distributed
 from facetrain.engine.optim import build_optimizer
-from facetrain.engine.step_benchmark import RandomFaces, in_memory_batches, loader_batches, time_training
+from facetrain.engine.step_benchmark import (RandomFaces, forward_flops, in_memory_batches, loader_batches,
+                                             time_training)
 from facetrain.errors import FacetrainError
 from facetrain.heads import Head, build_head
 from facetrain.heads.sharded import ShardedHead
@@ -427,8 +432,29 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_train)
 
 
+# ---- backbones --------------------------------------------------------------------------------------
+def run_backbones(args: argparse.Namespace) -> None:
+    from facetrain.backbones import BACKBONES, build_backbone
+
+    names = args.names or [name for name in BACKBONES.names() if name != "timm"]
+    rows = [(name, build_backbone(name, args.embedding_size)) for name in names]
+    rows += [(f"timm {model}", build_backbone("timm", args.embedding_size, model=model)) for model in args.timm]
+    print(f"| backbone | parameters (M) | forward GFLOPs at 112x112 (embedding {args.embedding_size}) |\n|---|---:|---:|")
+    for name, model in rows:
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"| {name} | {params:.1f} | {forward_flops(model) / 1e9:.2f} |", flush=True)
+
+
+def add_backbones_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("backbones", help="parameters and forward FLOPs of registered backbones")
+    parser.add_argument("names", nargs="*", help="registered backbones (default: all but timm)")
+    parser.add_argument("--timm", nargs="*", default=[], metavar="MODEL", help="timm models to list too")
+    parser.add_argument("--embedding-size", type=int, default=512)
+    parser.set_defaults(run=run_backbones)
+
+
 # ---- entry ------------------------------------------------------------------------------------------
-COMMANDS = [add_data_command, add_head_command, add_ijb_command, add_train_command]
+COMMANDS = [add_data_command, add_head_command, add_ijb_command, add_train_command, add_backbones_command]
 
 
 def main(argv: Optional[list[str]] = None) -> None:

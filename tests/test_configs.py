@@ -31,15 +31,15 @@ def composed(*overrides: str):
 
 @pytest.mark.parametrize("name", options("backbone"))
 def test_backbone_configs_build(name):
+    """Every backbone builds at embedding size 512 (shapes only, on the meta device) and 128 (a real forward)."""
     cfg = composed(f"backbone={name}")
     assert cfg.backbone.name == name
-    if name in ("r100", "r200"):  # building is enough; a forward pass of these is slow on CPU
-        model = build_backbone(name, cfg.embedding_size, **hparams(cfg.backbone))
-        assert model.output.fc.out_features == 512
-        return
-    model = build_backbone(name, 64, **hparams(cfg.backbone)).eval()
+    with torch.device("meta"):
+        model = build_backbone(name, 512, **hparams(cfg.backbone)).eval()
+        assert model(torch.zeros(1, 3, 112, 112)).shape == (1, 512)
+    model = build_backbone(name, 128, **hparams(cfg.backbone)).eval()
     with torch.no_grad():
-        assert model(torch.zeros(1, 3, 112, 112)).shape == (1, 64)
+        assert model(torch.zeros(2, 3, 112, 112)).shape == (2, 128)
 
 
 @pytest.mark.parametrize("name", options("loss"))
@@ -88,3 +88,40 @@ def test_poly_matches_arcface_torch():
         sched.step()
     assert lrs[10] == pytest.approx(0.05)
     assert lrs[60] == pytest.approx(0.1 * (1 - 40 / 80) ** 2)
+
+
+def test_train_help_lists_every_backbone_dataset_and_preset():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(CONFIGS.parent / "train.py"), "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    groups = result.stdout.split("== Config ==")[0].splitlines()
+    listed = {line.split(":", 1)[0]: line.split(":", 1)[1].replace(",", " ").split() for line in groups if ": " in line}
+    for group in ("backbone", "dataset", "experiment", "loss"):
+        assert listed[group] == options(group), group
+
+
+@pytest.mark.parametrize("name", ["r18", "ir_se_50", "vit_t"])
+def test_activation_checkpointing_keeps_outputs_gradients_and_batch_norm_statistics(name):
+    torch.manual_seed(0)
+    plain = build_backbone(name, 32, **({"dropout": 0.0} if name != "vit_t" else {"drop_path_rate": 0.0, "mask_ratio": 0.0}))
+    checkpointed = build_backbone(name, 32, activation_checkpointing=True,
+                                  **({"dropout": 0.0} if name != "vit_t" else {"drop_path_rate": 0.0, "mask_ratio": 0.0}))
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 112, 112)
+    for model in (plain.train(), checkpointed.train()):
+        model(x).square().sum().backward()
+    for (key, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values()):
+        assert torch.equal(a, b), key  # running statistics: the recomputation does not count the batch twice
+    for (key, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=key)
+
+
+@pytest.mark.parametrize("name", ["mbf", "resnet50"])
+def test_activation_checkpointing_is_refused_where_it_is_not_offered(name):
+    from facetrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"backbone.activation_checkpointing=true is not offered by {name}"):
+        build_backbone(name, 32, activation_checkpointing=True)

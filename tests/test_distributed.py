@@ -100,6 +100,9 @@ def test_resume_with_grad_accum_mid_epoch_is_bit_identical(tmp_path):
     straight.fit()
     first = make_trainer(tmp_path / "split", total_steps=5, grad_accum=2)
     first.fit()
+    # TensorBoard orders event files by name: time in seconds, then a per-process writer counter, compared as
+    # text (writer 10 sorts before writer 9); two writers of one process in one second could swap
+    time.sleep(1.01)
     second = make_trainer(tmp_path / "split", total_steps=6, grad_accum=2)
     second.load_state_dict(load_newest_valid(tmp_path / "split" / "checkpoints")[1])
     assert (second.step, second.epoch, second.batch) == (5, 1, 2)  # batch counts micro-batches

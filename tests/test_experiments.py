@@ -20,16 +20,24 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_schemas()
 register_resolvers()
 
-# preset -> (backbone, loss, dataset, optimizer.lr, reference global batch, epochs) as its source states them
+# preset -> (backbone, loss, dataset, optimizer, lr, reference global batch, epochs) as its source states them
 PRESETS = {
-    "ms1mv3_r50_arcface": ("r50", "arcface", "ms1mv3", 0.1, 1024, 20),
-    "ms1mv3_r100_arcface": ("r100", "arcface", "ms1mv3", 0.1, 1024, 20),
-    "ms1mv3_mbf_arcface": ("mbf", "arcface", "ms1mv3", 0.1, 1024, 40),
-    "ms1mv3_r50_cosface": ("r50", "cosface", "ms1mv3", 0.1, 1024, 20),
-    "ms1mv3_r50_x2softmax": ("r50", "x2softmax", "ms1mv3", 0.1, 128, 26),
-    "ms1mv3_r50_adaface": ("r50", "adaface", "ms1mv3", 0.1, 256, 26),
-    "casia_r50_center": ("r50", "center", "casia_webface", 0.1, 512, 29),
-    "casia_r50_sphereface": ("r50", "sphereface", "casia_webface", 0.1, 512, 29),
+    "ms1mv3_r50_arcface": ("r50", "arcface", "ms1mv3", "sgd", 0.1, 1024, 20),
+    "ms1mv3_r100_arcface": ("r100", "arcface", "ms1mv3", "sgd", 0.1, 1024, 20),
+    "ms1mv3_mbf_arcface": ("mbf", "arcface", "ms1mv3", "sgd", 0.1, 1024, 40),
+    "ms1mv3_r50_cosface": ("r50", "cosface", "ms1mv3", "sgd", 0.1, 1024, 20),
+    "ms1mv3_r50_x2softmax": ("r50", "x2softmax", "ms1mv3", "sgd", 0.1, 128, 26),
+    "ms1mv3_r50_adaface": ("r50", "adaface", "ms1mv3", "sgd", 0.1, 256, 26),
+    "casia_r50_center": ("r50", "center", "casia_webface", "sgd", 0.1, 512, 29),
+    "casia_r50_sphereface": ("r50", "sphereface", "casia_webface", "sgd", 0.1, 512, 29),
+    # arcface_torch configs/glint360k_r50.py, glint360k_r100.py, wf4m_r100.py, wf42m_pfc02_8gpus_r50_bs4k.py,
+    # wf42m_pfc03_40epoch_8gpu_vit_t.py, wf42m_pfc03_40epoch_8gpu_vit_b.py: margin_list (1.0, 0.0, 0.4) is CosFace
+    "glint360k_r50": ("r50", "cosface", "glint360k", "sgd", 0.1, 1024, 20),
+    "glint360k_r100": ("r100", "cosface", "glint360k", "sgd", 0.1, 1024, 20),
+    "wf4m_r100": ("r100", "cosface", "webface4m", "sgd", 0.1, 1024, 20),
+    "wf42m_r50": ("r50", "cosface", "webface42m", "sgd", 0.4, 4096, 20),
+    "wf42m_vit_t": ("vit_t", "cosface", "webface42m", "adamw", 1e-3, 4096, 40),
+    "wf42m_vit_b": ("vit_b", "cosface", "webface42m", "adamw", 1e-3, 24576, 40),
 }
 # Two CPU steps of every preset: the smoke dataset and a narrow MobileFaceNet instead of the real data and
 # backbone (the presets' backbones are built in tests/test_configs.py); everything else is the preset's.
@@ -46,15 +54,15 @@ def composed(*overrides: str, hydra: bool = False):
 
 
 def test_the_presets_are_all_listed():
-    assert sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")) == sorted([*PRESETS, "smoke"])
+    assert sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")) == sorted([*PRESETS, "smoke", "finetune"])
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_composes_as_its_source_states(preset):
-    backbone, loss, dataset, lr, reference_batch, epochs = PRESETS[preset]
+    backbone, loss, dataset, optimizer, lr, reference_batch, epochs = PRESETS[preset]
     cfg = composed(f"experiment={preset}")
     assert (cfg.name, cfg.backbone.name, cfg.loss.name, cfg.dataset.name) == (preset, backbone, loss, dataset)
-    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.reference_batch) == ("sgd", lr, reference_batch)
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.reference_batch) == (optimizer, lr, reference_batch)
     assert cfg.trainer.max_epochs == epochs and cfg.trainer.max_steps is None and cfg.embedding_size == 512
     assert (CONFIGS / "experiment" / f"{preset}.yaml").read_text().startswith("# @package _global_\n")
 
@@ -66,10 +74,25 @@ def test_x2softmax_preset_is_the_papers_schedule():
     assert (cfg.scheduler.gamma, cfg.optimizer.weight_decay, cfg.trainer.batch_size) == (0.1, 5e-4, 128)
 
 
+def test_wf42m_presets_are_arcface_torch_s_vit_runs():
+    for preset, dim, depth, drop_path, mask, accum in (("wf42m_vit_t", 256, 12, 0.05, 0.0, 1), ("wf42m_vit_b", 512, 24, 0.05, 0.05, 12)):
+        cfg = composed(f"experiment={preset}")
+        assert (cfg.backbone.embed_dim, cfg.backbone.depth, cfg.backbone.drop_path_rate, cfg.backbone.mask_ratio) == (
+            dim, depth, drop_path, mask)
+        assert (cfg.head.sample_rate, cfg.loss.m, cfg.optimizer.weight_decay, cfg.scheduler.warmup_epochs) == (0.3, 0.4, 0.1, 4.0)
+        assert cfg.trainer.grad_accum == accum
+    assert composed("experiment=wf42m_r50").head.sample_rate == 0.2
+
+
+# a ViT preset keeps its backbone (its keys are the ViT's), two blocks of width 32
+TINY_VIT = ["backbone.depth=2", "backbone.embed_dim=32", "backbone.num_heads=2", "backbone.activation_checkpointing=false"]
+
+
 def test_every_preset_trains_two_steps_in_one_process(tmp_path, cache_dir, monkeypatch, one_thread):
     monkeypatch.setenv("FACETRAIN_CACHE", str(cache_dir))
-    for preset, (_, loss, _, lr, reference_batch, _) in PRESETS.items():
-        cfg = composed(f"experiment={preset}", *TINY, hydra=True)
+    for preset, (backbone, loss, _, _, lr, reference_batch, _) in PRESETS.items():
+        tiny = [*(TINY_VIT if backbone.startswith("vit") else TINY[6:9]), *TINY[:6], *TINY[9:], "trainer.grad_accum=1"]
+        cfg = composed(f"experiment={preset}", *tiny, hydra=True)
         run_dir = tmp_path / preset
         cfg.hydra.runtime.output_dir = str(run_dir)
         HydraConfig.instance().set_config(cfg)

@@ -41,6 +41,18 @@ def test_parity_failure_fails_the_command(tmp_path, capsys, monkeypatch):
     assert len(err.splitlines()) == 1 and "differs from PyTorch" in err and (tmp_path / "m.onnx").is_file()
 
 
+@pytest.mark.parametrize(("name", "hparams"), [
+    ("ir_se_50", {}), ("vit_t", {}), ("mobilenet_v3_large", {}), ("timm", {"model": "convnext_tiny"}),
+    ("timm", {"model": "vit_tiny_patch16_224"}), ("timm", {"model": "swin_tiny_patch4_window7_224"}),
+], ids=["ir_se_50", "vit_t", "mobilenet_v3_large", "timm_convnext", "timm_vit", "timm_swin"])
+def test_every_family_exports_with_parity(tmp_path, name, hparams):
+    """IResNet and MobileFaceNet: the script tests above; the other families and timm's layouts here."""
+    torch.manual_seed(0)
+    backbone = build_backbone(name, 128, **hparams).eval()
+    parity = check_onnx(backbone, export_onnx(backbone, tmp_path / "model.onnx"))
+    assert parity.ok, parity
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_every_backbone_exports(tmp_path, name):
@@ -48,3 +60,23 @@ def test_every_backbone_exports(tmp_path, name):
     backbone = build_backbone(name, 512).eval()
     parity = check_onnx(backbone, export_onnx(backbone, tmp_path / f"{name}.onnx"))
     assert parity.ok, parity
+
+
+def test_onnx_export_is_a_drop_in_recognition_model_for_the_insightface_package(tmp_path):
+    """insightface's model zoo takes the exported file as its ArcFace recognition model: BGR uint8 crops in,
+    through its own (x - 127.5) / 127.5 and channel swap, the same embeddings as facetrain's (RGB) out."""
+    import numpy as np
+    from insightface.model_zoo import get_model
+
+    from facetrain.data.transforms import normalize
+
+    torch.manual_seed(0)
+    backbone = build_backbone("mbf", 512, blocks=[1, 1, 1, 1], scale=1).eval()
+    model = get_model(str(export_onnx(backbone, tmp_path / "w600k_like.onnx")))
+    assert type(model).__name__ == "ArcFaceONNX" and (model.input_mean, model.input_std) == (127.5, 127.5)
+    model.prepare(ctx_id=-1)
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    theirs = model.get_feat([image[:, :, ::-1].copy() for image in rgb])  # insightface works on cv2's BGR images
+    with torch.no_grad():
+        ours = backbone(normalize(torch.from_numpy(rgb).permute(0, 3, 1, 2))).numpy()
+    assert np.abs(theirs - ours).max() <= 1e-4 * np.abs(ours).max()

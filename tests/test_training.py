@@ -36,9 +36,11 @@ def test_short_run_per_head(run_cli, tmp_path, loss):
     assert "step 0 val synthetic_val" in log and "step 6/6" in log
 
 
-@pytest.mark.parametrize("backbone", ["r18", "mbf", "mobilenet_v2"])
+@pytest.mark.parametrize("backbone", [["backbone=r18"], ["backbone=mbf"], ["backbone=mobilenet_v2"],
+                                      ["backbone=ir_se_50"], ["backbone=vit_t"]],
+                         ids=lambda args: args[0].split("=")[1])  # timm: tests/test_backbone_timm.py
 def test_short_run_per_backbone_family(run_cli, tmp_path, backbone):
-    result = run_cli(*SMOKE, f"backbone={backbone}", "trainer.max_steps=2", "trainer.batch_size=4",
+    result = run_cli(*SMOKE, *backbone, "trainer.max_steps=3", "trainer.batch_size=4",
                      "eval.at_start=false", "embedding_size=128")
     assert result.returncode == 0, result.stderr
     run_dir = only_run_dir(tmp_path / "outputs")

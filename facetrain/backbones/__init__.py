@@ -5,7 +5,7 @@ from typing import Any
 
 from torch import nn
 
-from facetrain.backbones import iresnet, mobilefacenet, torchvision_nets  # noqa: F401  (registers the entries)
+from facetrain.backbones import iresnet, ir, mobilefacenet, timm_nets, torchvision_nets, vit  # noqa: F401  (registers the entries)
 from facetrain.backbones.registry import BACKBONES
 
 

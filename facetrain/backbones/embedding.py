@@ -13,13 +13,13 @@ from facetrain.precision import at_least_fp32, no_autocast
 
 
 class FlattenEmbedding(nn.Module):
-    """``[N, C, H, W]`` feature map -> ``[N, embedding_size]`` raw embedding."""
+    """``[N, C, H, W]`` feature map of ``positions = H * W`` -> ``[N, embedding_size]`` raw embedding."""
 
-    def __init__(self, channels: int, spatial: int, embedding_size: int, dropout: float = 0.0) -> None:
+    def __init__(self, channels: int, positions: int, embedding_size: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(channels, eps=1e-5)
         self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(channels * spatial * spatial, embedding_size)
+        self.fc = nn.Linear(channels * positions, embedding_size)
         self.features = nn.BatchNorm1d(embedding_size, eps=1e-5)
         nn.init.constant_(self.features.weight, 1.0)
         self.features.weight.requires_grad = False  # insightface fixes the final BN scale at 1

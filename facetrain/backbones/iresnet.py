@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from facetrain.backbones.checkpointing import run_blocks
 from facetrain.backbones.embedding import FlattenEmbedding
 from facetrain.backbones.registry import BACKBONES
 
@@ -54,8 +55,10 @@ class IResNet(nn.Module):
         embedding_size: int = 512,
         dropout: float = 0.0,
         zero_init_residual: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         self.stem = nn.Sequential(
             nn.Conv2d(3, STAGE_WIDTHS[0], 3, 1, 1, bias=False),
             nn.BatchNorm2d(STAGE_WIDTHS[0], eps=1e-5),
@@ -68,7 +71,7 @@ class IResNet(nn.Module):
                 blocks.append(IBasicBlock(in_channels, width, stride=2 if i == 0 else 1))
                 in_channels = width
         self.stages = nn.Sequential(*blocks)
-        self.output = FlattenEmbedding(in_channels, 7, embedding_size, dropout)
+        self.output = FlattenEmbedding(in_channels, 7 * 7, embedding_size, dropout)
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -84,13 +87,15 @@ class IResNet(nn.Module):
                     nn.init.constant_(module.residual[-1].weight, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.stages(self.stem(x)))
+        x = run_blocks(self.stages, self.stem(x), self.activation_checkpointing and self.training)
+        return self.output(x)
 
 
 def _register(name: str) -> None:
     @BACKBONES.register(name)
-    def build(embedding_size: int = 512, dropout: float = 0.0, zero_init_residual: bool = False) -> IResNet:
-        return IResNet(STAGE_DEPTHS[name], embedding_size, dropout, zero_init_residual)
+    def build(embedding_size: int = 512, dropout: float = 0.0, zero_init_residual: bool = False,
+              activation_checkpointing: bool = False) -> IResNet:
+        return IResNet(STAGE_DEPTHS[name], embedding_size, dropout, zero_init_residual, activation_checkpointing)
 
     build.__doc__ = f"IResNet-{name[1:]} with stage depths {STAGE_DEPTHS[name]}."
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from facetrain.backbones.checkpointing import refuse_checkpointing
 from facetrain.backbones.registry import BACKBONES
 from facetrain.precision import at_least_fp32, no_autocast
 
@@ -52,8 +53,8 @@ class MobileFaceNet(nn.Module):
         super().__init__()
         c64, c128 = 64 * scale, 128 * scale
         layers: list[nn.Module] = [conv_bn(3, c64, 3, 2)]
-        if blocks[0] == 1:
-            layers.append(conv_bn(c64, c64, 3, 1, groups=c64))
+        if blocks[0] == 1:  # 64 groups at every width, as arcface_torch (depthwise only at scale 1)
+            layers.append(conv_bn(c64, c64, 3, 1, groups=64))
         else:
             layers += [DepthwiseBottleneck(c64, c64, 128, 1) for _ in range(blocks[0])]
         # (in, out, expansion of the stride-2 block, expansion of the residual blocks, residual blocks)
@@ -83,7 +84,9 @@ class MobileFaceNet(nn.Module):
 
 @BACKBONES.register("mbf")
 def build_mobilefacenet(
-    embedding_size: int = 512, blocks: tuple[int, ...] = (1, 4, 6, 2), scale: int = 2
+    embedding_size: int = 512, blocks: tuple[int, ...] = (1, 4, 6, 2), scale: int = 2,
+    activation_checkpointing: bool = False,
 ) -> MobileFaceNet:
     """MobileFaceNet as insightface's ``mbf`` (blocks (1,4,6,2), scale 2)."""
+    refuse_checkpointing("mbf", activation_checkpointing)
     return MobileFaceNet(embedding_size, tuple(blocks), scale)

@@ -10,6 +10,7 @@ import math
 from typing import Callable
 from torch import nn
 
+from facetrain.backbones.checkpointing import refuse_checkpointing
 from facetrain.backbones.embedding import FlattenEmbedding
 from facetrain.backbones.registry import BACKBONES
 
@@ -23,7 +24,7 @@ class TorchvisionBackbone(nn.Module):
     def __init__(self, features: nn.Module, channels: int, embedding_size: int, dropout: float) -> None:
         super().__init__()
         self.body = features
-        self.output = FlattenEmbedding(channels, _SPATIAL, embedding_size, dropout)
+        self.output = FlattenEmbedding(channels, _SPATIAL * _SPATIAL, embedding_size, dropout)
 
     def forward(self, x):
         return self.output(self.body(x))
@@ -55,7 +56,8 @@ _FEATURES = {
 
 def _register(name: str) -> None:
     @BACKBONES.register(name)
-    def build(embedding_size: int = 512, dropout: float = 0.0) -> TorchvisionBackbone:
+    def build(embedding_size: int = 512, dropout: float = 0.0, activation_checkpointing: bool = False) -> TorchvisionBackbone:
+        refuse_checkpointing(name, activation_checkpointing)
         features, channels = _FEATURES[name]()
         return TorchvisionBackbone(features, channels, embedding_size, dropout)
 

@@ -14,6 +14,10 @@ _MASK = 0xFFFFFFFF
 _Int = TypeVar("_Int", int, torch.Tensor)
 
 
+# What every facetrain backbone takes: RGB, normalised as (x/255 - mean) / std; recorded in checkpoints.
+INPUT_CONVENTION = {"channel_order": "RGB", "mean": 0.5, "std": 0.5}
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``[N,3,H,W]`` -> float ``(x/255 - 0.5) / 0.5`` in [-1, 1] (the backbone contract)."""
     return images.float().div_(127.5).sub_(1.0)

@@ -32,6 +32,12 @@ class FaceModel(nn.Module):
         embeddings = self.backbone(images) if self.compiled_backbone is None else self.compiled_backbone(images)
         return self.head(embeddings, labels)
 
+    def no_weight_decay(self) -> set[str]:
+        """Names (in this model) of the parameters the backbone exempts from weight decay (its
+        ``no_weight_decay()``, as timm models and the ViT define it; none otherwise)."""
+        names = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else set()
+        return {f"backbone.{name}" for name in names}
+
     def on_optimizer_step(self) -> None:
         """Tell every head in the model (a wrapper's inner heads too) that an optimizer step finished."""
         for module in self.head.modules():

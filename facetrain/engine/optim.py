@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from facetrain.registry import Registry
@@ -40,9 +41,27 @@ def adamw(params: Iterable, lr: float, weight_decay: float, betas: list[float], 
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=fused or None)
 
 
-def build_optimizer(params: Iterable, name: str, fused: bool = False, global_batch: Optional[int] = None,
-                    reference_batch: Optional[int] = None, **hparams: Any) -> torch.optim.Optimizer:
-    """The optimizer registered as ``name``; ``fused`` picks the single-kernel CUDA implementation.
+def parameter_groups(model: nn.Module, no_decay_norm_bias: bool, lr_scales: dict[str, float]) -> list[dict[str, Any]]:
+    """``model``'s parameters in groups of one learning-rate scale (``lr_scales``: a parameter-name prefix,
+    e.g. ``backbone``, -> a factor of the lr; 1 for the rest) and, with ``no_decay_norm_bias``, without weight
+    decay for biases, normalisation and other 1-D weights and the names in ``model.no_weight_decay()``."""
+    exempt = model.no_weight_decay() if no_decay_norm_bias and hasattr(model, "no_weight_decay") else set()
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        scale = next((factor for prefix, factor in lr_scales.items()
+                      if name == prefix or name.startswith(prefix + ".")), 1.0)
+        decays = not (no_decay_norm_bias and (p.dim() <= 1 or name in exempt))
+        groups.setdefault((scale, decays), []).append(p)
+    return [{"params": params, "lr_scale": scale, **({} if decays else {"weight_decay": 0.0})}
+            for (scale, decays), params in groups.items()]
+
+
+def build_optimizer(params: Union[nn.Module, Iterable], name: str, fused: bool = False, global_batch: Optional[int] = None,
+                    reference_batch: Optional[int] = None, no_decay_norm_bias: bool = False,
+                    lr_scales: Optional[dict[str, float]] = None, **hparams: Any) -> torch.optim.Optimizer:
+    """The optimizer registered as ``name`` over a model's parameters (or ``params`` as given); ``fused``
+    picks the single-kernel implementation. For a model, :func:`parameter_groups` applies
+    ``no_decay_norm_bias`` and the per-part ``lr_scales``.
 
     With ``reference_batch`` (``optimizer.reference_batch``), ``lr`` is scaled to ``global_batch`` (images
     per optimizer step) by :func:`scaled_lr`. Parameters with a row-sparse gradient are stepped on those
@@ -52,6 +71,11 @@ def build_optimizer(params: Iterable, name: str, fused: bool = False, global_bat
         if global_batch is None:
             raise ValueError("optimizer.reference_batch is set: build_optimizer needs the run's global_batch")
         hparams["lr"] = scaled_lr(hparams["lr"], global_batch, reference_batch)
+    if isinstance(params, nn.Module):
+        groups = parameter_groups(params, no_decay_norm_bias, lr_scales or {})
+        params = [{**group, "lr": hparams["lr"] * group["lr_scale"]} for group in groups]
+    elif no_decay_norm_bias or lr_scales:
+        raise ValueError("no_decay_norm_bias and lr_scales need the model, to name its parameters")
     optimizer = OPTIMIZERS.get(name)(params, fused=fused, **hparams)
     step_sparse_rows(optimizer)
     return optimizer

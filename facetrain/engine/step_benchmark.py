@@ -85,6 +85,14 @@ def step_flops(trainer: Trainer, batch: Batch) -> int:
     return counter.get_total_flops()
 
 
+def forward_flops(model: torch.nn.Module, image_size: int = 112) -> int:
+    """FLOPs of one eval-mode forward pass of ``model`` on one ``[1, 3, image_size, image_size]`` image
+    (matrix products and convolutions, as ``torch.utils.flop_counter`` counts them)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, 3, image_size, image_size))
+    return counter.get_total_flops()
+
+
 class RandomFaces(Dataset):
     """``size`` random uint8 ``[3, image_size, image_size]`` images; sample ``i`` has label
     ``i % num_classes`` and pixels drawn from ``(seed, i)``."""

@@ -17,11 +17,12 @@ from torch.utils.tensorboard import SummaryWriter
 
 from facetrain.data.prefetch import DevicePrefetcher
 from facetrain.data.sampler import ResumableDistributedSampler, WithIndex
-from facetrain.data.transforms import normalize, random_hflip
+from facetrain.data.transforms import INPUT_CONVENTION, normalize, random_hflip
 from facetrain.engine.checkpoint import (BEST_NAME, checkpoint_path, rng_state, rotate_checkpoints, save_checkpoint,
                                          set_rng_state)
 from facetrain.engine.distributed import (DistInfo, all_gather_objects, barrier, broadcast_object, global_grad_norm,
                                           sum_gradients)
+from facetrain.engine.finetune import matches
 from facetrain.engine.logging import Progress, format_duration
 from facetrain.engine.model import FaceModel
 from facetrain.engine.nonfinite import NonFiniteGuard
@@ -71,6 +72,8 @@ class TrainerSettings:
     grad_accum: int = 1  # micro-batches per optimizer step
     ddp_bucket_cap_mb: float = 25.0
     loss_scale_growth_interval: int = 100  # fp16: clean steps before the loss scale doubles
+    frozen: tuple[str, ...] = ()  # parameter-name prefixes that do not train (finetune.frozen)
+    frozen_steps: Optional[int] = None  # ... for the first N optimizer steps; None: for the whole run
 
 
 class Trainer:
@@ -92,6 +95,7 @@ class Trainer:
         # tensors holding only this rank's rows (a sharded head): outside DDP, saved whole
         self.rank_local = model.rank_local_tensors()
         parameters = dict(model.named_parameters())
+        self.frozen = [p for name, p in parameters.items() if matches(name, settings.frozen)]
         self.local_params = {id(parameters[name]): shard for name, shard in self.rank_local.items() if name in parameters}
         # fp16 scales the loss dynamically; in fp32/bf16 the scale stays 1 and the scaler only finds
         # NaN/Inf gradients; either way such a step is skipped on every rank (see engine/scaler.py)
@@ -244,6 +248,9 @@ class Trainer:
 
     def optimizer_step(self) -> None:
         """Step the optimizer and the schedule on the accumulated gradients, and count the step."""
+        if self.s.frozen_steps is None or self.step < self.s.frozen_steps:
+            for p in self.frozen:  # no gradient: the optimizer leaves them (and their state) alone
+                p.grad = None
         self.scaler.unscale_(self.optimizer)
         grad_norm = global_grad_norm(self.model.parameters(), self.local_params)
         if self.s.grad_clip:
@@ -374,6 +381,7 @@ class Trainer:
             **self.record.state_dict(),
             "world_size": self.dist.world_size,
             "config": self.s.config,
+            "input": INPUT_CONVENTION,
         }
 
     def save(self, step_file: bool = True, best: bool = False) -> None:

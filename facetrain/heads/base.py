@@ -134,6 +134,16 @@ class Head(nn.Module, ABC):
         cos = torch.einsum("nd,nkd->nk", F.normalize(embeddings), F.normalize(centres, dim=2)).amax(dim=1)
         return torch.acos(cos.clamp(-1.0, 1.0)) * (180.0 / math.pi)
 
+    def class_block(self) -> tuple[int, int]:
+        """``(first class, number of classes)`` whose centres this head holds: all of them unless sharded."""
+        return 0, self.num_classes
+
+    @torch.no_grad()
+    def init_class_centres(self, centres: torch.Tensor) -> None:
+        """Set the centres of the classes of :meth:`class_block` from ``centres`` ``[count, embedding_size]``
+        (every sub-centre of a class alike), e.g. to the mean embedding of each class's images."""
+        self.weight.view(len(centres), -1, self.embedding_size).copy_(centres.unsqueeze(1))
+
     def on_optimizer_step(self) -> None:
         """Called once after every optimizer step (a skipped one too), on every head in the model, wrapped
         heads included: for state that follows the optimizer's steps rather than the forward passes

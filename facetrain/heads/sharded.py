@@ -119,6 +119,9 @@ class ShardedHead(Head):
         values = sum_with_grad(values)  # no grad here: a plain sum over ranks
         return {"target_logit": values[:, 0], "target_angle": values[:, 1], "embedding_norm": embeddings.norm(dim=1)}
 
+    def class_block(self) -> tuple[int, int]:
+        return self.start, self.count
+
     def stats(self) -> dict[str, torch.Tensor]:
         """The wrapped head's (its scalar state is the same on every rank)."""
         return self.inner.stats()
