@@ -1,12 +1,13 @@
 """Command-line wrapper: distributed start-up before Hydra, and one-line errors after it."""
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
@@ -81,6 +82,19 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
         cleanup()
 
 
+class ScriptParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors (a missing argument, a bad flag value) are one line,
+    ``<prog>: error: <problem>; run it with --help for its options``, exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; run it with --help for its options\n")
+
+
+def script_parser(prog: str, doc: Optional[str]) -> ScriptParser:
+    """The argument parser of script ``prog``, described by the first paragraph of its docstring."""
+    return ScriptParser(prog=prog, description=(doc or "").split("\n\n")[0].strip())
+
+
 def run_script(prog: str, work: Callable[[], Optional[int]]) -> int:
     """A script's exit code: ``work()``'s (0 for None); a :class:`FacetrainError` is printed as
     ``<prog>: error: <problem>; <fix>`` and gives 2, Ctrl-C gives 130."""
@@ -105,11 +119,12 @@ def _root_cause(exc: BaseException) -> BaseException:
     while exc is not None and exc not in chain:
         chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    for kinds in ((FacetrainError, MissingConfigException), (OmegaConfBaseException,)):
-        found = [e for e in chain if isinstance(e, kinds)]
-        if found:
-            return found[-1]
-    return chain[0]
+    found = [e for e in chain if isinstance(e, (FacetrainError, MissingConfigException))]
+    if found:
+        return found[-1]
+    omegaconf = [e for e in chain if isinstance(e, OmegaConfBaseException)]
+    keyed = [e for e in omegaconf if getattr(e, "full_key", None)]  # formatted with the real value and type
+    return keyed[0] if keyed else omegaconf[-1] if omegaconf else chain[0]
 
 
 def _full_key(exc: BaseException) -> str:
@@ -119,6 +134,12 @@ def _full_key(exc: BaseException) -> str:
             return str(exc.full_key)
         exc = exc.__cause__ or exc.__context__
     return ""
+
+
+def _given(exc: BaseException) -> str:
+    """The value an OmegaConf validation error is about, as the user wrote it."""
+    value = getattr(exc, "value", None)
+    return "null" if value is None else str(value)
 
 
 def _first_line(text: str) -> str:
@@ -142,7 +163,7 @@ def describe_error(exc: BaseException) -> str:
         if isinstance(cause, MissingMandatoryValue):
             return f"{key} is not set; pass {key}=<value> on the command line"
         if isinstance(cause, ValidationError):
-            return f"invalid value for {key}: {_first_line(str(cause))}; give a value of the key's type"
+            return f"{key}={_given(cause)} is invalid: {_first_line(str(cause))}; give a value of the key's type"
         return f"{_first_line(str(cause))}" + (f" (key {key})" if key else "")
     if isinstance(exc, OmegaConfBaseException) or exc.__class__.__module__.startswith("hydra"):
         return _first_line(str(exc))

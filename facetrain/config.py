@@ -14,6 +14,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # trainer.compile_mode
+
+
 class Precision(Enum):
     auto = "auto"  # bf16 on GPUs that support it, else fp16 with a GradScaler; fp32 on CPU
     fp32 = "fp32"
@@ -329,7 +332,7 @@ class TrainerConfig:
     fused_optimizer: bool = True  # one fused kernel per optimizer step (CPU and CUDA); false: torch's default
     reuse_cpu_memory: bool = True  # CPU training (glibc): keep freed memory in the process, no page faults per step
     compile: bool = False  # torch.compile the backbone's training forward (evaluation stays eager)
-    compile_mode: str = "default"  # a torch.compile mode; reduce-overhead adds CUDA graphs
+    compile_mode: str = "default"  # one of COMPILE_MODES; reduce-overhead adds CUDA graphs
     ddp_bucket_cap_mb: float = 25.0  # DDP gradient bucket size (torch's default 25)
     progress_bar: bool = True
     max_nonfinite: int = 5  # stop after this many consecutive NaN/Inf steps (fp32/bf16; 0: never stop)

@@ -24,6 +24,7 @@ from facetrain.engine.resume import (check_same_data, load_resume_state, merge_r
 from facetrain.engine.run_dir import has_checkpoints
 from facetrain.engine.sync_bn import sync_batchnorm
 from facetrain.engine.trainer import Trainer, TrainerSettings
+from facetrain.config_checks import check_config
 from facetrain.errors import ConfigError
 from facetrain.eval.callback import VerificationCallback
 from facetrain.heads import Head, build_head
@@ -55,47 +56,6 @@ def select_amp_dtype(precision: str, device: torch.device) -> Optional[torch.dty
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-
-
-_AT_LEAST = {"trainer.batch_size": 1, "trainer.max_epochs": 1, "trainer.log_every": 1, "trainer.num_workers": 0,
-             "trainer.max_nonfinite": 0, "trainer.grad_accum": 1, "checkpoint.every_steps": 0, "checkpoint.keep_last": 0,
-             "eval.every_steps": 0, "eval.batch_size": 1, "trainer.loss_scale_growth_interval": 1}
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def check_numbers(cfg: DictConfig) -> None:
-    """Refuse out-of-range trainer, checkpoint and eval numbers with one line naming the key."""
-    limits = {**_AT_LEAST, **({"trainer.max_steps": 1} if cfg.trainer.max_steps is not None else {})}
-    for key, least in limits.items():
-        value = OmegaConf.select(cfg, key)
-        if value < least:
-            raise ConfigError(f"{key}={value} is out of range", f"pass {key}=<an integer >= {least}>")
-    if not 0.0 <= cfg.trainer.hflip <= 1.0:
-        raise ConfigError(f"trainer.hflip={cfg.trainer.hflip} is not a probability", "pass a value in [0, 1]")
-    if cfg.trainer.grad_clip is not None and cfg.trainer.grad_clip <= 0:
-        raise ConfigError(f"trainer.grad_clip={cfg.trainer.grad_clip} must be positive", "pass e.g. 5, or null to disable")
-    if cfg.trainer.dist_timeout_s <= 0:
-        raise ConfigError(f"trainer.dist_timeout_s={cfg.trainer.dist_timeout_s} must be positive",
-                          "pass the seconds a collective may wait for another rank, e.g. 1800")
-    if not 0.0 < cfg.head.sample_rate <= 1.0:
-        raise ConfigError(f"head.sample_rate={cfg.head.sample_rate} is not in (0, 1]",
-                          "pass e.g. 0.1 for Partial FC, or 1.0 to score every class")
-    if cfg.optimizer.reference_batch is not None and cfg.optimizer.reference_batch < 1:
-        raise ConfigError(f"optimizer.reference_batch={cfg.optimizer.reference_batch} is out of range",
-                          "pass the global batch optimizer.lr is given for (an integer >= 1), or null")
-    if cfg.trainer.compile_mode not in COMPILE_MODES:
-        raise ConfigError(f"trainer.compile_mode={cfg.trainer.compile_mode} is not a torch.compile mode",
-                          f"choose one of: {', '.join(COMPILE_MODES)}")
-    if cfg.finetune.backbone_lr_scale < 0:
-        raise ConfigError(f"finetune.backbone_lr_scale={cfg.finetune.backbone_lr_scale} is negative",
-                          "pass a factor >= 0 (e.g. 0.1; 1 trains the backbone at optimizer.lr)")
-    if cfg.finetune.frozen_steps is not None and cfg.finetune.frozen_steps < 0:
-        raise ConfigError(f"finetune.frozen_steps={cfg.finetune.frozen_steps} is negative",
-                          "pass a number of optimizer steps, or null to keep finetune.frozen frozen for the whole run")
-    if cfg.trainer.ddp_bucket_cap_mb <= 0:
-        raise ConfigError(f"trainer.ddp_bucket_cap_mb={cfg.trainer.ddp_bucket_cap_mb} must be positive", "pass e.g. 25 (DDP's default)")
 
 
 def shards_head(parallel: str, sample_rate: float, world_size: int) -> bool:
@@ -217,6 +177,14 @@ def refuse_init_with_resume(cfg: DictConfig, overrides: list[str]) -> None:
                           "drop resume to start from the weights, or drop init.* to continue the run")
 
 
+def refuse_a_second_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """``resume=<run_dir>`` names the run to continue, and that is where it writes: a ``hydra.run.dir``
+    elsewhere would silently start a fresh run there."""
+    if cfg.resume not in (None, "auto") and Path(cfg.resume).resolve() != run_dir.resolve():
+        raise ConfigError(f"resume={cfg.resume} and hydra.run.dir={run_dir} name different runs",
+                          "drop hydra.run.dir: a resumed run writes into the run it resumes")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train as ``cfg`` says (resuming if ``cfg.resume`` is set); returns the final metrics."""
     dist = dist_info()
@@ -224,12 +192,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     setup_logging(run_dir, dist.is_main)
     checkpoint = None
     refuse_init_with_resume(cfg, list(HydraConfig.get().overrides.task))
+    refuse_a_second_run_dir(cfg, run_dir)
     if cfg.resume is not None and has_checkpoints(run_dir):
         checkpoint = load_resume_state(run_dir)
         cfg = merge_resume_config(cfg, list(HydraConfig.get().overrides.task), checkpoint["config"])
     elif cfg.resume == "auto":
         log.info(f"resume=auto: no earlier run of '{cfg.name}' with a checkpoint, starting a fresh one")
-    check_numbers(cfg)
+    check_config(cfg)
     set_timeout(cfg.trainer.dist_timeout_s)
     log.info(f"run directory {run_dir}" + (f" (resuming at step {checkpoint['step']})" if checkpoint else ""))
 

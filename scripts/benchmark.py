@@ -54,7 +54,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader, RandomSampler
 
-from facetrain.cli import compose_train_config, describe_error
+from facetrain.cli import compose_train_config, describe_error, run_script, script_parser
 from facetrain.data import TrainData, build_train_data
 from facetrain.data.augment import build_augment
 from facetrain.data.datasets import FaceDataset, RecordDataset
@@ -66,10 +66,11 @@ from facetrain.engine.distributed import cleanup, init_distributed
 from facetrain.engine.optim import build_optimizer
 from facetrain.engine.step_benchmark import (RandomFaces, forward_flops, in_memory_batches, loader_batches,
                                              time_training)
-from facetrain.errors import FacetrainError
+from facetrain.config_checks import check_config
+from facetrain.errors import ConfigError
 from facetrain.heads import Head, build_head
 from facetrain.heads.sharded import ShardedHead
-from facetrain.train import build_trainer, check_numbers, hparams, seed_everything, select_device
+from facetrain.train import build_trainer, hparams, seed_everything, select_device
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -397,7 +398,7 @@ def add_ijb_command(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> None:
     try:
         cfg = compose_train_config(args.overrides, CONFIGS)
-        check_numbers(cfg)
+        check_config(cfg)
         dist = init_distributed()
         seed_everything(cfg.seed + dist.rank)
         device = select_device(cfg.trainer.device.value, dist.local_rank)
@@ -406,8 +407,8 @@ def run_train(args: argparse.Namespace) -> None:
         else:
             classes = cfg.dataset.num_classes or build_train_data(cfg.dataset.name, **hparams(cfg.dataset)).num_classes
             data = TrainData(RandomFaces(args.pool * cfg.trainer.batch_size * dist.world_size, classes), classes, Path())
-    except (FacetrainError, HydraException, OmegaConfBaseException) as exc:
-        sys.exit(f"benchmark: error: {describe_error(exc)}")
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(describe_error(exc)) from None
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = build_trainer(cfg, data, Path(run_dir), dist, device, evaluate=False)
         batches = (loader_batches(trainer) if args.data == "real"
@@ -457,14 +458,14 @@ def add_backbones_command(subparsers: argparse._SubParsersAction) -> None:
 COMMANDS = [add_data_command, add_head_command, add_ijb_command, add_train_command, add_backbones_command]
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = script_parser("benchmark", __doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add_command in COMMANDS:
         add_command(subparsers)
     args = parser.parse_args(argv)
-    args.run(args)
+    return run_script("benchmark", lambda: args.run(args))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

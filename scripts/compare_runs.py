@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+from facetrain.cli import script_parser
 from facetrain.engine.tensorboard import LOSS_TAG, accuracy_tag  # noqa: E402
 from facetrain.errors import FacetrainError  # noqa: E402
 
@@ -56,6 +57,8 @@ def read_curves(run_dir: Path) -> dict[str, Curve]:
 
 def load_run(run_dir: Path, label: str) -> Run:
     metrics_file = run_dir / "metrics.json"
+    if not run_dir.is_dir():
+        raise FacetrainError(f"{run_dir} does not exist", "pass the run directories train.py wrote (outputs/<name>/<timestamp>)")
     if not metrics_file.is_file():
         raise FacetrainError(f"{run_dir} holds no metrics.json", "pass the run directories train.py wrote "
                              "(outputs/<name>/<timestamp>), of runs that reached an evaluation or a checkpoint")
@@ -114,7 +117,7 @@ def plot(runs: list[Run], output: Path) -> None:
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = script_parser("compare_runs", __doc__)
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories written by train.py")
     parser.add_argument("--output", type=Path, default=Path("compare_runs.png"), help="the picture (PNG)")
     return parser.parse_args(argv)

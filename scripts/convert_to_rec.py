@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 import numpy as np
 from tqdm import tqdm
 
-from facetrain.cli import run_script
+from facetrain.cli import run_script, script_parser
 from facetrain.data.datasets import RecordDataset
 from facetrain.data.images import decode_image, encode_jpeg, resize_square
 from facetrain.data.imagefolder import list_images
@@ -126,7 +126,7 @@ def reindex(root: Path) -> int:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = script_parser("convert_to_rec", __doc__)
     parser.add_argument("src", type=Path, nargs="?", help="identity folders, a 'path label' list file, or a RecordIO folder")
     parser.add_argument("dst", type=Path, nargs="?", help="output folder")
     parser.add_argument("--reindex", type=Path, metavar="ROOT", help="rebuild ROOT/train.idx from ROOT/train.rec")

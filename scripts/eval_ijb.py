@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from facetrain import load_backbone
-from facetrain.cli import run_script
+from facetrain.cli import run_script, script_parser
 from facetrain.eval.options import add_embedding_options, embedding_device, parse_embedding_args
 from facetrain.eval.ijb import FARS, TARGETS, IJBResult, evaluate_ijb, read_ijb_meta
 from facetrain.eval.plots import plot_roc, plot_score_histograms
@@ -51,7 +51,7 @@ def write_outputs(result: IJBResult, out: Path, report: dict) -> list[Path]:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = script_parser("eval_ijb", __doc__)
     parser.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory (its newest checkpoint)")
     parser.add_argument("--ijb-root", type=Path, required=True, help="insightface's IJB folder (loose_crop/, meta/)")
     parser.add_argument("--target", choices=TARGETS, default="IJBC")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from facetrain import load_backbone
-from facetrain.cli import run_script
+from facetrain.cli import run_script, script_parser
 from facetrain.data import resolve_targets
 from facetrain.eval import VerificationCallback
 from facetrain.eval.options import add_embedding_options, embedding_device, parse_embedding_args
@@ -43,7 +43,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = script_parser("evaluate", __doc__)
     parser.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory (its newest checkpoint)")
     parser.add_argument("--targets", nargs="+", required=True, help="names of <data-root>/<name>.bin, or .bin paths")
     parser.add_argument("--data-root", type=Path, default=Path("."), help="folder of the named .bin files")

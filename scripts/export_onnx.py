@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Optional
 
 from facetrain import load_backbone
-from facetrain.cli import run_script
+from facetrain.cli import run_script, script_parser
 from facetrain.export import OPSET, PARITY_TOLERANCE, check_onnx, export_onnx
 from facetrain.inference import find_checkpoint
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = script_parser("export_onnx", __doc__)
     parser.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory (its newest checkpoint)")
     parser.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset version")

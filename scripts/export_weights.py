@@ -13,14 +13,13 @@ The file is read back after writing: importing it must give tensors identical to
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from facetrain.cli import run_script
+from facetrain.cli import run_script, script_parser
 from facetrain.engine.atomic import atomic_write
 from facetrain.engine.checkpoint import load_checkpoint
 from facetrain.errors import ModelError
@@ -54,7 +53,7 @@ def export(checkpoint: Path, fmt: str, output: Path) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = script_parser("export_weights", __doc__)
     parser.add_argument("checkpoint", type=Path, help="a facetrain checkpoint file or run directory (its newest)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="the layout to write")
     parser.add_argument("--output", type=Path, required=True, help="the file to write")

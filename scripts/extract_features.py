@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from facetrain import load_backbone
-from facetrain.cli import run_script
+from facetrain.cli import run_script, script_parser
 from facetrain.data.imagefolder import IMAGE_SUFFIXES
 from facetrain.errors import DataError
 from facetrain.eval.embed import embed_batches
@@ -64,7 +64,7 @@ def readable_batches(dataset: ImageFiles, batch_size: int, workers: int, kept: l
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = script_parser("extract_features", __doc__)
     parser.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory (its newest checkpoint)")
     parser.add_argument("--images", type=Path, required=True, help="a folder of images or a list file of image paths")
     parser.add_argument("--output", type=Path, required=True, help="the .npy file of features (paths go to .txt beside it)")

@@ -15,7 +15,6 @@ forced steps are skipped (fp16 also skips its own overflows while its loss scale
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -32,12 +31,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py sets it, befo
 
 import torch
 
-from facetrain.cli import compose_train_config
+from facetrain.cli import compose_train_config, script_parser
 from facetrain.data import TrainData
 from facetrain.engine.distributed import DistInfo
 from facetrain.engine.step_benchmark import RandomFaces, in_memory_batches, time_training
 from facetrain.engine.trainer import Trainer
-from facetrain.train import build_trainer, check_numbers, seed_everything
+from facetrain.config_checks import check_config
+from facetrain.train import build_trainer, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -87,7 +87,7 @@ def trainer_for(size: Size, backbone: str, precision: str, run_dir: Path, *extra
                  f"dataset.num_classes={CLASSES}", "eval.targets=[]", "scheduler.warmup_epochs=0", "optimizer.lr=0.05",
                  f"trainer.device={size.device}", "trainer.num_workers=0", "trainer.progress_bar=false", *extra]
     cfg = compose_train_config(overrides, CONFIGS)
-    check_numbers(cfg)
+    check_config(cfg)
     seed_everything(cfg.seed)
     data = TrainData(RandomFaces(POOL * size.batch_size, CLASSES), CLASSES, Path())
     trainer = build_trainer(cfg, data, run_dir, DistInfo(), torch.device(size.device), evaluate=False)
@@ -211,7 +211,7 @@ def table(rows: list[Row], device: str) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = script_parser("gpu_selfcheck", __doc__)
     parser.add_argument("--steps", type=int, default=None, help="steps per training check (default 200 on CUDA, 24 on CPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)

@@ -25,7 +25,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from facetrain.backbones import build_backbone
-from facetrain.cli import compose_train_config, run_script
+from facetrain.cli import compose_train_config, run_script, script_parser
 from facetrain.data import resolve_targets
 from facetrain.data.transforms import INPUT_CONVENTION
 from facetrain.engine.checkpoint import file_sha256, save_checkpoint
@@ -39,7 +39,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = script_parser("import_weights", __doc__)
     parser.add_argument("file", type=Path, help="the released weights (or a facetrain checkpoint / run directory)")
     parser.add_argument("--output", type=Path, required=True, help="the facetrain checkpoint to write (.pt)")
     parser.add_argument("--backbone", help="the facetrain backbone (default: the one the file's keys show)")

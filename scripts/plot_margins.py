@@ -10,7 +10,6 @@ ElasticFace its mean margin), so the pictures show the code, not a transcription
 """
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from facetrain.cli import script_parser
 from facetrain.heads import HEADS, Head, build_head  # noqa: E402
 
 NORM = 30.0  # feature norm of the probe embeddings
@@ -130,7 +130,7 @@ def margin_curves(out: Path, names: list[str], points: int, angles: int) -> Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser("plot_margins", __doc__)
     parser.add_argument("--out", type=Path, default=Path("outputs/plots"), help="folder for the PNGs")
     parser.add_argument("--heads", default=",".join(HEADS.names()), help="comma-separated head names")
     parser.add_argument("--points", type=int, default=2001, help="probe angles per boundary search")

@@ -13,7 +13,6 @@ to the class's mean direction, degrees) printed beside it. The numbers go to ``t
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -27,6 +26,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from facetrain.cli import script_parser
 from facetrain.heads import HEADS, Head, build_head  # noqa: E402
 
 Data = tuple[torch.Tensor, torch.Tensor]
@@ -102,7 +102,7 @@ def draw(ax: plt.Axes, name: str, features: torch.Tensor, labels: torch.Tensor, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser("toy_2d", __doc__)
     parser.add_argument("--out", type=Path, default=Path("outputs/toy_2d"), help="folder for toy_2d.png/.json")
     parser.add_argument("--heads", default=",".join(HEADS.names()), help="comma-separated head names")
     parser.add_argument("--identities", type=int, default=8)

@@ -47,6 +47,18 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("facetrain-cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(cache_dir: Path):
+    """What facetrain caches (synthetic data, image checks) goes to the session's folder, not the user's."""
+    previous = os.environ.get("FACETRAIN_CACHE")
+    os.environ["FACETRAIN_CACHE"] = str(cache_dir)
+    yield
+    if previous is None:
+        os.environ.pop("FACETRAIN_CACHE", None)
+    else:
+        os.environ["FACETRAIN_CACHE"] = previous
+
+
 @pytest.fixture
 def run_cli(cache_dir: Path, tmp_path: Path):
     """``run_cli(*args, launcher=None)`` runs ``train.py`` with ``output_root`` in ``tmp_path``."""

@@ -20,8 +20,9 @@ def test_cfg_job_prints_resolved_overrides(run_cli):
         (["trainer.bach_size=4"], "unknown config key 'trainer.bach_size'"),
         (["loss=nope"], "unknown loss 'nope'; choose one of: adaface, arcface, center, combined, cosface,"),
         (["backbone=r9"], "unknown backbone 'r9'; choose one of:"),
-        (["trainer.batch_size=abc"], "invalid value for trainer.batch_size"),
-        (["loss.variant=weird"], "invalid value for loss.variant"),
+        (["trainer.batch_size=abc"], "trainer.batch_size=abc is invalid: Value 'abc' of type 'str' could not be "
+                                     "converted to Integer"),
+        (["loss.variant=weird"], "loss.variant=weird is invalid: Invalid value 'weird', expected one of [fallback"),
         (["dataset=rec", "dataset.root=/no/such/folder"], "dataset root /no/such/folder does not exist"),
         (["dataset=rec"], "dataset.root is not set"),
         (["resume=/no/such/run"], "resume=/no/such/run is not a directory"),

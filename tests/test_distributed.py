@@ -20,8 +20,9 @@ import facetrain.engine.trainer as trainer_module
 from facetrain.cli import run_cli
 from facetrain.engine.checkpoint import load_newest_valid
 from facetrain.engine.distributed import adopt_slurm_environment, first_host, set_timeout
+from facetrain.config_checks import check_config
 from facetrain.errors import ConfigError
-from facetrain.train import check_numbers, shards_head
+from facetrain.train import shards_head
 from tests.conftest import REPO, SMOKE, only_run_dir
 from tests.dist_helpers import run_ranks
 from tests.test_resilience import _composed, scalars
@@ -184,14 +185,14 @@ def test_head_layout_follows_head_parallel_and_world_size():
 
 
 @pytest.mark.parametrize(("override", "expected"), [
-    ("head.sample_rate=0", "head.sample_rate=0.0 is not in (0, 1]"),
-    ("head.sample_rate=1.5", "head.sample_rate=1.5 is not in (0, 1]"),
+    ("head.sample_rate=0", "head.sample_rate=0.0 is out of range (a number in (0, 1])"),
+    ("head.sample_rate=1.5", "head.sample_rate=1.5 is out of range (a number in (0, 1])"),
     ("trainer.grad_accum=0", "trainer.grad_accum=0 is out of range"),
-    ("trainer.dist_timeout_s=0", "trainer.dist_timeout_s=0.0 must be positive"),
+    ("trainer.dist_timeout_s=0", "trainer.dist_timeout_s=0.0 is out of range (a number > 0)"),
 ])
 def test_distributed_numbers_are_refused_naming_the_key(override, expected):
     with pytest.raises(ConfigError) as caught:
-        check_numbers(_composed("experiment=smoke", override))
+        check_config(_composed("experiment=smoke", override))
     assert expected in str(caught.value)
 
 

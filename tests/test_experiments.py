@@ -13,8 +13,9 @@ from omegaconf import open_dict
 from facetrain.config import register_schemas
 from facetrain.engine.optim import build_optimizer, scaled_lr
 from facetrain.engine.run_dir import register_resolvers
+from facetrain.config_checks import check_config
 from facetrain.errors import ConfigError
-from facetrain.train import check_numbers, run
+from facetrain.train import run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_schemas()
@@ -121,4 +122,4 @@ def test_linear_scaling_rule():
 
 def test_a_reference_batch_below_one_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"optimizer.reference_batch=0 is out of range"):
-        check_numbers(composed("experiment=smoke", "optimizer.reference_batch=0"))
+        check_config(composed("experiment=smoke", "optimizer.reference_batch=0"))

@@ -78,3 +78,54 @@ def test_packed_strings():
     strings = ["a", "", "идентичность/1.jpg", "x" * 300]
     packed = PackedStrings(strings)
     assert len(packed) == 4 and [packed[i] for i in range(4)] == strings
+
+
+# ---- unreadable files, found at start ---------------------------------------------------------------
+def _folder_with_broken_files(root):
+    write_image_folder(root, [6, 6, 6, 6, 6])
+    good = (root / "id_000" / "0.jpg").read_bytes()
+    (root / "id_001" / "broken.jpg").write_bytes(good[:300])  # truncated
+    (root / "id_003" / "text.jpg").write_text("not an image")
+    return [str(root / "id_001" / "broken.jpg"), str(root / "id_003" / "text.jpg")]
+
+
+def test_unreadable_files_are_named_all_at_once_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACETRAIN_CACHE", str(tmp_path / "cache"))
+    bad = _folder_with_broken_files(tmp_path / "faces")
+    with pytest.raises(DataError) as caught:
+        ImageFolderDataset(tmp_path / "faces")
+    message = str(caught.value)
+    assert message.startswith(f"2 of 32 images under {tmp_path / 'faces'} cannot be read: {bad[0]}, {bad[1]}")
+    assert message.endswith("raise dataset.max_bad_fraction to train without them")
+    dataset = ImageFolderDataset(tmp_path / "faces", max_bad_fraction=0.1)  # within the fraction: left out
+    assert len(dataset) == 30 and all(dataset.where(i) not in bad for i in range(len(dataset)))
+
+
+def test_the_check_is_remembered_by_size_and_modification_time(tmp_path, monkeypatch):
+    import facetrain.data.readability as readability
+
+    monkeypatch.setenv("FACETRAIN_CACHE", str(tmp_path / "cache"))
+    bad = _folder_with_broken_files(tmp_path / "faces")
+    ImageFolderDataset(tmp_path / "faces", max_bad_fraction=0.1)
+    decoded = []
+    real = readability._readable
+    monkeypatch.setattr(readability, "_readable", lambda path: decoded.append(path) or real(path))
+    assert len(ImageFolderDataset(tmp_path / "faces", max_bad_fraction=0.1)) == 30 and decoded == []
+    (tmp_path / "faces" / "id_001" / "broken.jpg").write_bytes(encode_jpeg(face(99)))  # repaired: new size and time
+    assert len(ImageFolderDataset(tmp_path / "faces", max_bad_fraction=0.1)) == 31 and decoded == [bad[0]]
+
+
+def test_a_data_error_in_a_worker_mid_run_ends_the_process_with_one_line(run_cli, tmp_path):
+    """The DataLoader's persistent workers ignore SIGTERM (to finish a step on preemption): a run that stops on
+    an error must stop them itself, or the process waits for them forever at exit."""
+    from facetrain.data.recordio import read_index, write_insightface_folder
+    from tests.test_data import corrupt
+
+    root = tmp_path / "rec"
+    write_insightface_folder(root, [(i // 4, encode_jpeg(face(i))) for i in range(32)], num_classes=8)
+    corrupt(root, read_index(root / "train.idx")[1], 20)
+    result = run_cli("dataset=rec", f"dataset.root={root}", "eval.targets=[]", "trainer.batch_size=8",
+                     "trainer.max_steps=8", "trainer.num_workers=1", "trainer.progress_bar=false", timeout=120)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("facetrain: error: 1 of 32 samples are unreadable, more than dataset.max_bad_fraction"), last

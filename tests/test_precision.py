@@ -11,8 +11,8 @@ import torch
 from facetrain.backbones.iresnet import IResNet
 from facetrain.backbones.mobilefacenet import MobileFaceNet
 from facetrain.engine.nonfinite import NonFiniteError
+from facetrain.config_checks import check_config
 from facetrain.errors import ConfigError
-from facetrain.train import check_numbers
 from tests.test_resilience import _composed
 from tests.trainer_helpers import make_trainer
 
@@ -59,7 +59,7 @@ def test_loss_scale_growth_interval_is_a_config_key(tmp_path):
     trainer = make_trainer(tmp_path, amp_dtype=torch.float16, growth_interval=7)
     assert trainer.scaler.get_growth_interval() == 7 and trainer.scaler.get_scale() == 2.0**16
     with pytest.raises(ConfigError, match="trainer.loss_scale_growth_interval=0 is out of range"):
-        check_numbers(_composed("experiment=smoke", "trainer.loss_scale_growth_interval=0"))
+        check_config(_composed("experiment=smoke", "trainer.loss_scale_growth_interval=0"))
 
 
 def test_a_model_gone_non_finite_stops_before_evaluation_with_facetrain_s_line(tmp_path):

@@ -33,9 +33,9 @@ from facetrain.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from facetrain.engine.resume import check_same_data, merge_resume_config
 from facetrain.engine.run_dir import register_resolvers
 from facetrain.engine.trainer import Trainer, TrainerSettings
+from facetrain.config_checks import check_config
 from facetrain.errors import ConfigError, ResumeError
 from facetrain.heads import build_head
-from facetrain.train import check_numbers
 from tests.conftest import REPO, SMOKE, only_run_dir
 
 ARGS = [*SMOKE, "dataset.images_per_class=2", "trainer.max_steps=8", "checkpoint.every_steps=2",
@@ -286,15 +286,15 @@ def test_resume_refuses_a_dataset_of_another_size():
 
 @pytest.mark.parametrize(
     ("override", "expected"),
-    [("trainer.batch_size=-4", "trainer.batch_size=-4 is out of range; pass trainer.batch_size=<an integer >= 1>"),
+    [("trainer.batch_size=-4", "trainer.batch_size=-4 is out of range (an integer >= 1); pass e.g. trainer.batch_size=128"),
      ("trainer.log_every=0", "trainer.log_every=0 is out of range"),
      ("checkpoint.keep_last=-1", "checkpoint.keep_last=-1 is out of range"),
-     ("trainer.hflip=1.5", "trainer.hflip=1.5 is not a probability"),
-     ("trainer.grad_clip=0", "trainer.grad_clip=0.0 must be positive")],
+     ("trainer.hflip=1.5", "trainer.hflip=1.5 is out of range (a number in [0, 1])"),
+     ("trainer.grad_clip=0", "trainer.grad_clip=0.0 is out of range (a number > 0, or null)")],
 )
 def test_out_of_range_numbers_are_refused_naming_the_key(override, expected):
     with pytest.raises(ConfigError) as caught:
-        check_numbers(_composed("experiment=smoke", override))
+        check_config(_composed("experiment=smoke", override))
     assert expected in str(caught.value)
 
 
@@ -302,7 +302,7 @@ def test_negative_batch_size_is_one_line_from_the_cli(run_cli):
     result = run_cli(*SMOKE, "trainer.batch_size=-4")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "facetrain: error: trainer.batch_size=-4 is out of range; pass trainer.batch_size=<an integer >= 1>")
+        "facetrain: error: trainer.batch_size=-4 is out of range (an integer >= 1); pass e.g. trainer.batch_size=128")
 
 
 # ---- the trainer (in process, a tiny model) ---------------------------------------------------------

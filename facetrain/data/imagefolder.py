@@ -1,6 +1,7 @@
 """Face images as files: ``root/<identity>/<image>`` folders, or a list file of ``path label`` lines."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,10 @@ import numpy as np
 
 from facetrain.data.augment import SampleTransform
 from facetrain.data.datasets import DEFAULT_MAX_BAD_FRACTION, FaceDataset
+from facetrain.data.readability import SCAN_LIMIT, unreadable_images
 from facetrain.errors import DataError
+
+log = logging.getLogger("facetrain")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
@@ -90,6 +94,25 @@ def list_images(root: str | os.PathLike) -> ImageList:
                     "set dataset.root=<folder of identity folders, or a list file of 'path label' lines>")
 
 
+def without_unreadable(images: ImageList, max_bad_fraction: float) -> ImageList:
+    """``images`` checked at start (folders of up to :data:`SCAN_LIMIT` images; cached): unreadable files up
+    to ``max_bad_fraction`` of them are left out with a warning naming each, more are refused in one line
+    naming them all (larger folders skip unreadable files as they meet them, see :class:`FaceDataset`)."""
+    if len(images.paths) > SCAN_LIMIT:
+        return images
+    files = [str(images.base / path) for path in images.paths]
+    bad = set(unreadable_images(files, str(images.base.resolve())))
+    if not bad:
+        return images
+    shown = ", ".join(sorted(bad)[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+    if len(bad) > max_bad_fraction * len(files):
+        raise DataError(f"{len(bad)} of {len(files)} images under {images.base} cannot be read: {shown}",
+                        "delete or replace them, or raise dataset.max_bad_fraction to train without them")
+    log.warning(f"warning: leaving out {len(bad)} unreadable images of {len(files)}: {shown}")
+    keep = [i for i, file in enumerate(files) if file not in bad]
+    return ImageList(images.base, [images.paths[i] for i in keep], images.labels[keep])
+
+
 class ImageFolderDataset(FaceDataset):
     """Images read from files (see :func:`list_images`); ``num_classes`` is the largest label + 1."""
 
@@ -100,7 +123,7 @@ class ImageFolderDataset(FaceDataset):
         max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
         image_size: int = 112,
     ) -> None:
-        images = list_images(root)
+        images = without_unreadable(list_images(root), max_bad_fraction)
         self.root = images.base
         self.paths, self.labels = PackedStrings(images.paths), images.labels
         super().__init__(transform, max_bad_fraction, image_size)

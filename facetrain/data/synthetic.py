@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from facetrain.data.images import encode_jpeg
+from facetrain.data.readability import default_cache_dir
 from facetrain.data.recordio import write_insightface_folder
 from facetrain.data.synthetic_faces import render_face, sample_identity
 from facetrain.data.verification_bin import save_verification_bin
@@ -39,10 +40,6 @@ class SyntheticSpec:
     def digest(self) -> str:
         key = {**asdict(self), "generator": GENERATOR_VERSION}
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("FACETRAIN_CACHE", Path.home() / ".cache" / "facetrain"))
 
 
 def synthetic_root(spec: SyntheticSpec, root: Optional[str] = None) -> Path:

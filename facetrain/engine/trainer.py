@@ -7,7 +7,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -163,7 +163,7 @@ class Trainer:
         self.model.train()
         self.window.restart_clock(self.step)
         first_step = self.step + 1
-        with self.stop:
+        with self.stop, self.worker_processes():
             while self.step < self.s.total_steps:
                 for images, labels, indices in self.window.timed(self.epoch_batches()):
                     if not self.train_step(images, labels, indices):
@@ -194,6 +194,19 @@ class Trainer:
             write_hparams(self.writer, self.s.config, final_metrics(metrics), self.step)
             self.writer.close()
         return metrics
+
+    @contextlib.contextmanager
+    def worker_processes(self) -> Iterator[None]:
+        """The DataLoader's (persistent) worker processes are stopped when training leaves this block, however
+        it leaves: they ignore SIGTERM (:mod:`facetrain.engine.preemption`), so a process exiting on an error
+        would otherwise wait for them forever."""
+        try:
+            yield
+        finally:
+            iterator = getattr(self.loader, "_iterator", None)  # torch keeps persistent workers here
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+                self.loader._iterator = None
 
     def epoch_batches(self) -> DevicePrefetcher:
         """The rest of the current epoch's batches, already on the device (copied on a side stream

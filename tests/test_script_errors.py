@@ -1,0 +1,104 @@
+"""Every script meets bad input with one line, ``<script>: error: ...``, and exit code 2: missing files,
+files of the wrong kind, empty folders and bad flag values."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.eval_helpers import load_script, write_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def one_line(capsys, script: str, argv: list[str]) -> str:
+    """Run ``scripts/<script>.py`` with ``argv``; assert exit code 2 and a single ``<script>: error:`` line."""
+    try:
+        code = load_script(script).main(argv)
+    except SystemExit as exc:  # argparse's errors
+        code = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, (script, argv, err)
+    assert len(err) == 1 and err[0].startswith(f"{script}") and ": error: " in err[0], err
+    return err[0]
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    path = tmp_path / "run" / "checkpoints" / "step_000000001.pt"
+    write_checkpoint(path)
+    return path
+
+
+def test_evaluate(capsys, tmp_path, checkpoint):
+    import pickle
+
+    from facetrain.data.images import encode_jpeg
+    from tests.data_helpers import face
+
+    (tmp_path / "lfw.bin").write_bytes(pickle.dumps(([encode_jpeg(face(1))] * 2, [True])))
+    root = ["--targets", "lfw", "--data-root", str(tmp_path)]
+    assert "does not exist" in one_line(capsys, "evaluate", [str(tmp_path / "nothing"), *root])
+    (tmp_path / "empty").mkdir()
+    assert "holds no checkpoint" in one_line(capsys, "evaluate", [str(tmp_path / "empty"), *root])
+    assert "'lfw' not found" in one_line(capsys, "evaluate", [str(checkpoint), "--targets", "lfw", "--data-root",
+                                                              str(tmp_path / "empty")])
+    assert "--batch-size must be at least 1" in one_line(capsys, "evaluate", [str(checkpoint), "--targets", "x", "--batch-size", "0"])
+    assert "invalid int value" in one_line(capsys, "evaluate", [str(checkpoint), "--targets", "x", "--batch-size", "many"])
+
+
+def test_eval_ijb(capsys, tmp_path, checkpoint):
+    assert "does not exist" in one_line(capsys, "eval_ijb", [str(checkpoint), "--ijb-root", str(tmp_path / "none"), "--target", "IJBC"])
+    (tmp_path / "IJBC").mkdir()
+    assert "loose_crop" in one_line(capsys, "eval_ijb", [str(checkpoint), "--ijb-root", str(tmp_path), "--target", "IJBC"])
+    assert "invalid choice" in one_line(capsys, "eval_ijb", [str(checkpoint), "--ijb-root", str(tmp_path), "--target", "LFW"])
+
+
+def test_export_onnx(capsys, tmp_path):
+    assert "does not exist" in one_line(capsys, "export_onnx", [str(tmp_path / "none.pt"), "--output", str(tmp_path / "m.onnx")])
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    assert "unreadable" in one_line(capsys, "export_onnx", [str(tmp_path / "text.pt"), "--output", str(tmp_path / "m.onnx")])
+    assert "required" in one_line(capsys, "export_onnx", [str(tmp_path / "text.pt")])
+
+
+def test_convert_to_rec(capsys, tmp_path):
+    assert "does not exist" in one_line(capsys, "convert_to_rec", [str(tmp_path / "none"), str(tmp_path / "out")])
+    (tmp_path / "empty").mkdir()
+    assert "holds no images" in one_line(capsys, "convert_to_rec", [str(tmp_path / "empty"), str(tmp_path / "out")])
+    (tmp_path / "list.txt").write_text("a.jpg notanumber\n")
+    assert "is not 'path label'" in one_line(capsys, "convert_to_rec", [str(tmp_path / "list.txt"), str(tmp_path / "out")])
+    assert "give SRC and DST" in one_line(capsys, "convert_to_rec", [str(tmp_path / "empty")])
+
+
+def test_extract_features(capsys, tmp_path, checkpoint):
+    (tmp_path / "empty").mkdir()
+    out = ["--output", str(tmp_path / "f.npy")]
+    assert "holds no images" in one_line(capsys, "extract_features", [str(checkpoint), "--images", str(tmp_path / "empty"), *out])
+    from facetrain.data.images import encode_jpeg
+    from tests.data_helpers import face
+
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / "a.jpg").write_bytes(encode_jpeg(face(1)))
+    assert "does not exist" in one_line(capsys, "extract_features", [str(tmp_path / "x.pt"), "--images",
+                                                                      str(tmp_path / "faces"), *out])
+    assert "--workers must be at least 0" in one_line(capsys, "extract_features", [str(checkpoint), "--images", str(tmp_path),
+                                                                                   "--workers", "-1", *out])
+
+
+def test_compare_runs(capsys, tmp_path):
+    assert "does not exist" in one_line(capsys, "compare_runs", [str(tmp_path / "none")])
+    assert "holds no metrics.json" in one_line(capsys, "compare_runs", [str(tmp_path)])
+
+
+def test_benchmark(capsys, tmp_path):
+    assert "does not exist" in one_line(capsys, "benchmark", ["data", str(tmp_path / "none")])
+    assert "invalid int value" in one_line(capsys, "benchmark", ["train", "--steps", "abc"])
+    assert "invalid choice" in one_line(capsys, "benchmark", ["nonsense"])
+
+
+def test_import_and_export_weights(capsys, tmp_path, checkpoint):
+    assert "does not exist" in one_line(capsys, "import_weights", [str(tmp_path / "none.pth"), "--output", str(tmp_path / "o.pt")])
+    assert "is the file being imported" in one_line(capsys, "import_weights", [str(checkpoint), "--output", str(checkpoint)])
+    assert "does not exist" in one_line(capsys, "export_weights", [str(tmp_path / "none"), "--format", "safetensors",
+                                                                    "--output", str(tmp_path / "o")])
+    assert "invalid choice" in one_line(capsys, "export_weights", [str(checkpoint), "--format", "mxnet", "--output", "o"])
