@@ -348,7 +348,7 @@ def run_ijb(args: argparse.Namespace) -> None:
     from facetrain.eval.roc import roc, roc_metrics
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"# IJB-scale 1:1 evaluation on {device}: {args.images:,} images, {args.templates:,} templates, "
+    print(f"# IJB-scale evaluation on {device}: {args.images:,} images, {args.templates:,} templates, "
           f"{args.pairs:,} pairs, {args.dim}-d features")
     rows = []
     jpegs, landmarks = loose_crop_jpegs(64)
@@ -376,16 +376,34 @@ def run_ijb(args: argparse.Namespace) -> None:
     rows.append(("scores: cosine of every template pair (float64)", "s", seconds))
     _, seconds = timed(lambda: roc_metrics(roc(scores, labels), FARS))
     rows.append(("ROC, TAR at 6 FARs, AUC, EER", "s", seconds))
+    rows.append((f"1:N: {args.probes:,} probe templates in galleries of {' and '.join(f'{g:,}' for g in args.galleries)} "
+                 "(ranks, TPIR at FPIR, both galleries joined)", "s", timed(lambda: identify_random(pooled, args))[1]))
     print("| measurement | unit | value |\n|---|---|---:|")
     for name, unit, value in rows:
         print(f"| {name} | {unit} | {value:,.1f} |")
 
 
+def identify_random(pooled: torch.Tensor, args: argparse.Namespace) -> dict:
+    """IJB 1:N on random templates: each gallery enrols distinct subjects, probes are of any of them."""
+    from facetrain.eval.ijb_1n import identify
+
+    rng = np.random.default_rng(1)
+    rows = rng.permutation(len(pooled))
+    galleries, start = {}, 0
+    for number, size in enumerate(args.galleries):
+        galleries[f"G{number + 1}"] = (pooled[rows[start:start + size]], np.arange(start, start + size))
+        start += size
+    probes = (pooled[rng.integers(0, len(pooled), args.probes)], rng.integers(0, start, args.probes))
+    return identify(probes, galleries)[1]
+
+
 def add_ijb_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("ijb", help="IJB 1:1 stages at full scale on random data")
+    parser = subparsers.add_parser("ijb", help="IJB 1:1 and 1:N stages at full scale on random data")
     parser.add_argument("--images", type=int, default=469_375, help="IJB-C: 469,375 images")
     parser.add_argument("--templates", type=int, default=23_124, help="IJB-C: 23,124 templates")
     parser.add_argument("--pairs", type=int, default=15_658_489, help="IJB-C: 15,658,489 template pairs")
+    parser.add_argument("--probes", type=int, default=19_593, help="IJB-C 1:N: 19,593 mixed probe templates")
+    parser.add_argument("--galleries", type=int, nargs=2, default=[1_772, 1_759], help="IJB-C 1:N: G1 and G2 templates")
     parser.add_argument("--dim", type=int, default=512, help="embedding size")
     parser.add_argument("--backbone", default="r100", help="backbone timed in the embed step")
     parser.add_argument("--batch-size", type=int, default=256)

@@ -62,8 +62,10 @@ def test_evaluate_prints_the_table_and_writes_json(bin_set, tmp_path, capsys):
     assert evaluate_script.main(argv) == 0
     expected = expected_metrics(bin_set["backbone"], bin_set["jpegs"], bin_set["issame"])
     report = json.loads(out.read_text())
-    assert report["checkpoint"].endswith("step_000000006.pt") and report["flip"] == "sum"
-    result = report["targets"]["lfw"]
+    assert report["flip"] == "sum" and len(report["models"]) == 1
+    model = report["models"][0]
+    assert model["model"] == "run" and model["checkpoint"].endswith("step_000000006.pt")
+    result = model["targets"]["lfw"]
     assert result.pop("pairs") == 20
     assert result.pop("tar_at_far") == expected.pop("tar_at_far") == {"1e-3": None, "1e-4": None}  # 10 negatives
     assert result == pytest.approx(expected) and result["accuracy"] > 0.5

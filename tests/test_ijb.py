@@ -85,7 +85,7 @@ def write_ijb_folder(root: Path, target: str = "IJBC", seed: int = 0) -> dict:
     folder = root / target
     (folder / "loose_crop").mkdir(parents=True)
     (folder / "meta").mkdir()
-    faces, tid_mid, points, template_identity = [], [], [], {}
+    faces, tid_mid, points, template_identity, template_images = [], [], [], {}, {}
     for identity in range(IDENTITIES):
         face = render_face(sample_identity(rng), rng)
         for t, media in enumerate(TEMPLATE_MEDIA):
@@ -99,6 +99,7 @@ def write_ijb_folder(root: Path, target: str = "IJBC", seed: int = 0) -> dict:
                     (folder / "loose_crop" / name).write_bytes(encode_jpeg(loose, quality=98))
                     landmarks = apply(matrix, REFERENCE_LANDMARKS)
                     faces.append(face)
+                    template_images.setdefault(template, []).append(name)
                     tid_mid.append(f"{name} {template} {media_id + 1000 * identity}\n")
                     numbers = " ".join(f"{v:.3f}" for v in landmarks.ravel())
                     points.append(f"{name} {numbers} {rng.uniform(0.3, 1.0):.4f}\n")
@@ -108,7 +109,28 @@ def write_ijb_folder(root: Path, target: str = "IJBC", seed: int = 0) -> dict:
     Path(f"{prefix}_face_tid_mid.txt").write_text("".join(tid_mid))
     Path(f"{prefix}_name_5pts_score.txt").write_text("".join(points))
     Path(f"{prefix}_template_pair_label.txt").write_text("".join(f"{a} {b} {label}\n" for a, b, label in pairs))
-    return {"folder": folder, "faces": np.stack(faces), "pairs": np.array(pairs)}
+    lists = write_1n_lists(prefix, target, template_identity, template_images)
+    return {"folder": folder, "faces": np.stack(faces), "pairs": np.array(pairs), "one_n": lists}
+
+
+ONE_N_HEADER = "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID,FACE_X,FACE_Y,FACE_WIDTH,FACE_HEIGHT\n"
+
+
+def write_1n_lists(prefix: Path, target: str, template_identity: dict, template_images: dict) -> dict:
+    """The 1:N lists in the official CSV layout (header line, one line per image, template and subject
+    first): gallery 1 enrols identities 0 and 1 by their first template, gallery 2 identities 2 and 3,
+    and every identity's second template is a probe. Subject ids are 1000 + identity."""
+    first = {identity: min(t for t, i in template_identity.items() if i == identity) for identity in range(IDENTITIES)}
+    names = ("S1", "S2") if target == "IJBB" else ("G1", "G2")
+    lists = {names[0]: [first[0], first[1]], names[1]: [first[2], first[3]],
+             "probe_mixed": sorted(set(template_identity) - set(first.values()))}
+    for name, templates in lists.items():
+        kind = "probe" if name == "probe_mixed" else "gallery"
+        rows = [f"{t},{1000 + template_identity[t]},img/{image},{7 * t},10,12,80,96\n"
+                for t in templates for image in template_images[t]]
+        Path(f"{prefix}_1N_{kind}_{name}.csv" if kind == "gallery" else f"{prefix}_1N_probe_mixed.csv").write_text(
+            ONE_N_HEADER + "".join(rows))
+    return {name: {t: 1000 + template_identity[t] for t in templates} for name, templates in lists.items()}
 
 
 def insightface_scores(img_feats, templates, medias, pairs):
@@ -123,13 +145,17 @@ def insightface_scores(img_feats, templates, medias, pairs):
     return np.array([template_feats[row[a]] @ template_feats[row[b]] for a, b in pairs])
 
 
-@pytest.fixture(scope="module")
-def ijb(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("ijb")
+def make_ijb(root: Path) -> dict:
+    """An IJB-C folder below ``root`` and ``root/model.pt``, a checkpoint calibrated on its faces."""
     written = write_ijb_folder(root)
     faces = written["faces"][:: len(written["faces"]) // IDENTITIES]  # one per identity
     backbone = write_checkpoint(root / "model.pt", calibrate=faces)
     return {"root": root, "backbone": backbone, **written}
+
+
+@pytest.fixture(scope="module")
+def ijb(tmp_path_factory) -> dict:
+    return make_ijb(tmp_path_factory.mktemp("ijb"))
 
 
 def reference_image_features(ijb: dict) -> tuple[np.ndarray, object]:

@@ -54,6 +54,25 @@ def test_eval_ijb(capsys, tmp_path, checkpoint):
     assert "invalid choice" in one_line(capsys, "eval_ijb", [str(checkpoint), "--ijb-root", str(tmp_path), "--target", "LFW"])
 
 
+def test_identify(capsys, tmp_path, checkpoint):
+    (tmp_path / "gallery" / "someone").mkdir(parents=True)
+    (tmp_path / "gallery" / "someone" / "a.jpg").write_bytes(b"x")
+    assert "probe folder" in one_line(capsys, "identify", [str(checkpoint), "--gallery", str(tmp_path / "gallery"),
+                                                           "--probe", str(tmp_path / "none")])
+    (tmp_path / "empty").mkdir()
+    assert "holds no identity folders" in one_line(capsys, "identify", [str(checkpoint), "--gallery", str(tmp_path / "empty"),
+                                                                        "--probe", str(tmp_path / "gallery")])
+    assert "pass either --gallery and --probe, or --tinyface" in one_line(capsys, "identify", [str(checkpoint)])
+    assert "--fpirs must lie in (0, 1]" in one_line(capsys, "identify", [str(checkpoint), "--tinyface", "x", "--fpirs", "2"])
+
+
+def test_make_bin(capsys, tmp_path):
+    assert "pair list" in one_line(capsys, "make_bin", [str(tmp_path / "none.txt"), "--output", str(tmp_path / "x.bin")])
+    (tmp_path / "pairs.txt").write_text("a.jpg b.jpg 1\n")
+    assert "should end in .bin" in one_line(capsys, "make_bin", [str(tmp_path / "pairs.txt"), "--output", str(tmp_path / "x")])
+    assert "pairs.txt:1: image" in one_line(capsys, "make_bin", [str(tmp_path / "pairs.txt"), "--output", str(tmp_path / "x.bin")])
+
+
 def test_export_onnx(capsys, tmp_path):
     assert "does not exist" in one_line(capsys, "export_onnx", [str(tmp_path / "none.pt"), "--output", str(tmp_path / "m.onnx")])
     (tmp_path / "text.pt").write_text("not a checkpoint")

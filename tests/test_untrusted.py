@@ -138,7 +138,7 @@ def test_resume_from_a_crafted_checkpoint_stops_with_one_line(run_cli, tmp_path)
     assert not marker.exists() and (run_dir / "checkpoints" / "step_000000002.pt").is_file()  # not set aside as corrupt
 
 
-@pytest.mark.parametrize("script", ["evaluate", "extract_features", "export_onnx"])
+@pytest.mark.parametrize("script", ["evaluate", "extract_features", "export_onnx", "identify"])
 def test_scripts_refuse_a_crafted_checkpoint(tmp_path, capsys, script):
     """Every script takes its model through load_backbone (eval_ijb.py too, after reading its IJB folder)."""
     marker = tmp_path / "marker"
@@ -146,9 +146,13 @@ def test_scripts_refuse_a_crafted_checkpoint(tmp_path, capsys, script):
     (tmp_path / "lfw.bin").write_bytes(pickle.dumps(([encode_jpeg(face(1))] * 2, [True])))
     (tmp_path / "faces").mkdir()
     (tmp_path / "faces" / "a.jpg").write_bytes(encode_jpeg(face(2)))
+    (tmp_path / "people" / "p1").mkdir(parents=True)
+    (tmp_path / "people" / "p1" / "a.jpg").write_bytes(encode_jpeg(face(2)))
     argv = {"evaluate": [str(path), "--targets", str(tmp_path / "lfw.bin")],
             "extract_features": [str(path), "--images", str(tmp_path / "faces"), "--output", str(tmp_path / "f.npy")],
-            "export_onnx": [str(path), "--output", str(tmp_path / "m.onnx")]}[script]
+            "export_onnx": [str(path), "--output", str(tmp_path / "m.onnx")],
+            "identify": [str(path), "--gallery", str(tmp_path / "people"), "--probe", str(tmp_path / "people"),
+                         "--output", str(tmp_path / "out"), "--workers", "0"]}[script]
     assert load_script(script).main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"{script}: error: {path} refused: it would import posix.system"), err

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -18,6 +19,12 @@ def load_verification_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
     Reads Python 2 and 3 pickles; entries may be encoded image bytes or uint8 arrays. Nothing else is
     unpickled (:func:`facetrain.untrusted.load_data_pickle`): a file that would import anything is refused.
     """
+    bins, issame = read_verification_bin(path)
+    return decode_verification_images(bins, path), issame
+
+
+def read_verification_bin(path: str | os.PathLike) -> tuple[list, np.ndarray]:
+    """``(entries, issame bool [P])`` of a ``.bin``, its images still encoded (checked, not decoded)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"verification set {path} does not exist",
@@ -37,8 +44,12 @@ def load_verification_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
     if len(bins) != 2 * len(issame):
         raise DataError(f"{path} has {len(bins)} images for {len(issame)} pairs",
                         "a verification .bin holds exactly two images per pair")
-    images = np.stack([_as_image(entry, f"image {i} of {path}") for i, entry in enumerate(bins)])
-    return images, np.asarray(issame, dtype=bool)
+    return list(bins), np.asarray(issame, dtype=bool)
+
+
+def decode_verification_images(bins: list, path: str | os.PathLike) -> np.ndarray:
+    """The entries of :func:`read_verification_bin` as uint8 RGB ``[2P, H, W, 3]``."""
+    return np.stack([_as_image(entry, f"image {i} of {path}") for i, entry in enumerate(bins)])
 
 
 def _as_image(entry: object, what: str) -> np.ndarray:
@@ -49,7 +60,11 @@ def _as_image(entry: object, what: str) -> np.ndarray:
     return decode_image(bytes(entry), what)
 
 
-def save_verification_bin(path: str | os.PathLike, encoded_images: list[bytes], issame: list[bool]) -> None:
-    """Write a verification set in insightface's format (encoded images, pair-major order)."""
-    with open(path, "wb") as f:
-        pickle.dump((encoded_images, list(map(bool, issame))), f, protocol=pickle.HIGHEST_PROTOCOL)
+def save_verification_bin(target: str | os.PathLike | BinaryIO, encoded_images: list[bytes], issame: list[bool]) -> None:
+    """Write a verification set in insightface's format (encoded images, pair-major order) to a path or an
+    open binary file."""
+    if isinstance(target, (str, os.PathLike)):
+        with open(target, "wb") as f:
+            save_verification_bin(f, encoded_images, issame)
+        return
+    pickle.dump((encoded_images, list(map(bool, issame))), target, protocol=pickle.HIGHEST_PROTOCOL)

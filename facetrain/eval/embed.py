@@ -5,7 +5,8 @@
 """
 from __future__ import annotations
 
-from typing import Iterable, Literal, Union, get_args
+from pathlib import Path
+from typing import Iterable, Literal, Optional, Sequence, Union, get_args
 
 import numpy as np
 import torch
@@ -13,6 +14,8 @@ from torch import nn
 from tqdm import tqdm
 
 from facetrain.data.transforms import normalize
+from facetrain.errors import DataError
+from facetrain.eval.image_files import ImageFiles, Prepare, load_images
 
 FlipMode = Literal["sum", "concat", "none"]
 FLIP_MODES: tuple[str, ...] = get_args(FlipMode)
@@ -71,6 +74,23 @@ def embed_images(
     unique, inverse = _deduplicate(images)
     batches = (unique[start : start + batch_size] for start in range(0, len(unique), batch_size))
     return embed_batches(backbone, batches, device, flip, channels_last, len(unique), progress, desc)[inverse]
+
+
+def embed_files(backbone: nn.Module, base: Path, names: Sequence[str], device: torch.device, batch_size: int = 256,
+                workers: int = 0, flip: FlipMode = "sum", progress: bool = False, desc: str = "embed",
+                prepare: Optional[Prepare] = None, fix: str = "restore the file or leave it out of the list") -> np.ndarray:
+    """Embeddings ``[N, d]`` of the files ``base/<name>`` (resized to 112x112 unless ``prepare`` makes the
+    input); the first file that cannot be read stops it with a DataError naming the file and ``fix``."""
+    dataset = ImageFiles(base, names, prepare)
+
+    def batches() -> Iterable[torch.Tensor]:
+        for images, _, errors in load_images(dataset, batch_size, workers, pin_memory=device.type == "cuda"):
+            bad = next((error for error in errors if error), None)
+            if bad is not None:
+                raise DataError(bad, fix)
+            yield images
+
+    return embed_batches(backbone, batches(), device, flip, total=len(dataset), progress=progress, desc=desc)
 
 
 def _deduplicate(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facetrain.errors import DataError
-from facetrain.eval.embed import FlipMode, embed_batches
-from facetrain.eval.image_files import ImageFiles, load_images
+from facetrain.eval.embed import FlipMode, embed_files
 from facetrain.eval.roc import ROC, roc, roc_metrics
 
 TARGETS = ("IJBB", "IJBC")
@@ -157,16 +156,9 @@ def read_ijb_meta(root: Path, target: str) -> IJBMeta:
 def image_features(backbone: nn.Module, meta: IJBMeta, device: torch.device, batch_size: int = 256,
                    workers: int = 0, flip: FlipMode = "sum", progress: bool = False) -> np.ndarray:
     """Embeddings ``[N, d]`` of the aligned images (flip as :func:`facetrain.eval.embed.embed_batches`)."""
-    dataset = ImageFiles(meta.image_dir, meta.names, Aligner(meta.landmarks))
-
-    def images():
-        for batch, _, errors in load_images(dataset, batch_size, workers, pin_memory=device.type == "cuda"):
-            bad = next((error for error in errors if error), None)
-            if bad is not None:
-                raise DataError(bad, "IJB evaluation needs every image of the meta files: restore it from the release")
-            yield batch
-
-    return embed_batches(backbone, images(), device, flip, total=len(dataset), progress=progress, desc=meta.target)
+    return embed_files(backbone, meta.image_dir, meta.names, device, batch_size, workers, flip, progress,
+                       meta.target, Aligner(meta.landmarks),
+                       "IJB evaluation needs every image of the meta files: restore it from the release")
 
 
 def template_features(features: np.ndarray, templates: np.ndarray, medias: np.ndarray,
