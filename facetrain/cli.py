@@ -10,21 +10,39 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional
 
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from facetrain.config import register_schemas
 from facetrain.engine.distributed import cleanup, init_distributed, is_collective_failure
+from facetrain.engine.plugins import plugin_missing
 from facetrain.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from facetrain.engine.run_dir import agree_on_run_stamp, register_resolvers
+from facetrain.engine.submitit_jobs import in_submitit_job, leave
 from facetrain.errors import FacetrainError
 
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+# submitit's signal for "preempted or near the time limit": one of facetrain's stop signals (engine/preemption.py),
+# so a submitit job saves a checkpoint before submitit re-queues it (engine/submitit_jobs.py)
+SUBMITIT_SIGNAL_ENV, SUBMITIT_SIGNAL = "SUBMITIT_PREEMPT_SIGNAL", "USR1"
 TRACEBACK_HINT = "set HYDRA_FULL_ERROR=1 for the full traceback"
+PATH_KEYS = ("resume", "init.backbone")  # keys whose value names a run directory
 
 
 _deferred: list[BaseException] = []
+
+
+class SweepStopped(BaseException):
+    """A sweep job stopped by a signal (its checkpoint saved): raised past Hydra's launcher, which would start
+    the next job, to :func:`run_cli`. Run again under the same ``sweep.name``, each job continues from its
+    checkpoints."""
+
+    def __init__(self, preempted: Preempted, sweep_name: str) -> None:
+        super().__init__(f"{str(preempted).split(';')[0]}; continue the sweep with the same command and "
+                         f"sweep.name={sweep_name} (each job continues from its checkpoints)")
 
 
 def compose_train_config(overrides: list[str], config_dir: Path) -> DictConfig:
@@ -37,17 +55,37 @@ def compose_train_config(overrides: list[str], config_dir: Path) -> DictConfig:
 
 
 def defer_errors(task: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a Hydra task so its exception reaches :func:`run_cli` without Hydra's extra report."""
+    """Wrap a Hydra task so its exception reaches :func:`run_cli` without Hydra's extra report. A sweep job's
+    exception goes to Hydra, which records it as the job's result, runs the other jobs, then raises it."""
 
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return task(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - re-raised by run_cli
+            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+                if not isinstance(exc, Preempted):
+                    raise
+                if in_submitit_job():
+                    leave(exc)  # re-queued through submitit, or ended
+                raise SweepStopped(exc, Path(HydraConfig.get().sweep.dir).name) from exc
             _deferred.append(exc)
             return None
 
     return wrapper
+
+
+def quote_paths(argv: list[str]) -> list[str]:
+    """``argv`` with each override of :data:`PATH_KEYS` that names an existing file or directory quoted for Hydra:
+    a sweep job's directory is named after its overrides (``mbf_arcface_synthetic_loss=arcface,seed=1``), and
+    Hydra's override grammar would read its ``=`` and ``,`` as syntax."""
+    quoted = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in PATH_KEYS and "'" not in value and not value.startswith('"') and os.path.exists(value):
+            arg = f"{key}='{value}'"
+        quoted.append(arg)
+    return quoted
 
 
 def run_cli(hydra_main: Callable[[], Any]) -> None:
@@ -59,8 +97,10 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
     wants_traceback = os.environ.get(FULL_ERROR_ENV) == "1"
     os.environ[FULL_ERROR_ENV] = "1"  # let exceptions reach us instead of Hydra's multi-line report
     os.environ["OC_CAUSE"] = "1"  # keep the original exception behind OmegaConf's wrapper
+    os.environ.setdefault(SUBMITIT_SIGNAL_ENV, SUBMITIT_SIGNAL)  # inherited by submitit's jobs
     register_schemas()
     register_resolvers()
+    sys.argv[1:] = quote_paths(sys.argv[1:])
     try:
         init_distributed()
         agree_on_run_stamp()
@@ -70,7 +110,7 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("facetrain: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Preempted as exc:
+    except (Preempted, SweepStopped) as exc:
         print(f"facetrain: {exc}", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
@@ -152,6 +192,8 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(cause, FacetrainError):
         return str(cause)
     if isinstance(cause, MissingConfigException):
+        if (missing_plugin := plugin_missing(cause.missing_cfg_file or "")) is not None:
+            return str(missing_plugin)
         group, _, choice = (cause.missing_cfg_file or "").rpartition("/")
         if cause.options:
             return f"unknown {group} '{choice}'; choose one of: {', '.join(sorted(cause.options))}"

@@ -13,6 +13,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
+from facetrain.engine.plugins import store_plugin_configs
+
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # trainer.compile_mode
 
@@ -388,6 +390,37 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Multirun (``-m``) sweeps: where they write and what each job returns to the sweeper."""
+
+    name: Optional[str] = None  # <output_root>/multirun/<name>/; null: the start time
+    objective: Optional[str] = None  # the eval target whose best accuracy a job returns; null: checkpoint.best_metric
+
+
+@dataclass
+class MLflowConfig:
+    enabled: bool = False  # on with logger=[tensorboard,mlflow]
+    tracking_uri: Optional[str] = None  # null: a file store in <output_root>/mlruns
+    experiment: Optional[str] = None  # null: the run's name
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False  # on with logger=[tensorboard,wandb]
+    project: str = "facetrain"
+    entity: Optional[str] = None  # null: the logged-in user's default
+    mode: Optional[str] = None  # online | offline | disabled; null: $WANDB_MODE, else online
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment trackers beside TensorBoard (always written): each is on when its ``logger=`` file is chosen."""
+
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
 class TrainConfig:
     name: str = MISSING  # experiment name: runs go to <output_root>/<name>/<timestamp>
     seed: int = 0
@@ -405,6 +438,8 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -427,9 +462,11 @@ IDENTITY_KEYS = ("backbone", "loss.name", "embedding_size", "dataset.name", "dat
 
 
 def register_schemas() -> None:
-    """Store the top-level schema as ``train_schema`` and each group schema as ``/schema/<group>/<kind>``."""
+    """Store the top-level schema as ``train_schema``, each group schema as ``/schema/<group>/<kind>``, and
+    facetrain's config of each installed Hydra plugin (:mod:`facetrain.engine.plugins`)."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
+    store_plugin_configs()
     for group, kinds in SCHEMAS.items():
         for kind, schema in kinds.items():
             store.store(group=f"schema/{group}", name=kind, node=schema)

@@ -36,6 +36,7 @@ class Check:
 
 
 TYPED = None  # the field's type is its whole rule
+WANDB_MODES = ("online", "offline", "disabled")  # logger.wandb.mode
 
 
 def _number(value: Any) -> bool:
@@ -96,14 +97,16 @@ DROPOUT = between(0.0, 1.0, 0.1, open_high=True)
 SCALE = above(0.0, 64.0, _unusual_scale)
 ANGLE = between(0.0, math.pi, 0.5, open_high=True, warn=_unusual_margin)
 
+NAME = Check(lambda v: isinstance(v, str) and v.strip() != "" and "/" not in v, "a non-empty name without '/'",
+             "my_run", bad="a/b")
+
 CHECKS: dict[type, dict[str, Optional[Check]]] = {
     c.TrainConfig: {
-        "name": Check(lambda v: isinstance(v, str) and v.strip() != "" and "/" not in v, "a non-empty name without '/'",
-                      "my_run", bad="a/b"),
+        "name": NAME,
         "seed": at_least(0, 0, integer=True), "embedding_size": at_least(1, 512, integer=True),
         "resume": TYPED, "output_root": TYPED, "backbone": TYPED, "loss": TYPED, "head": TYPED, "init": TYPED,
         "finetune": TYPED, "dataset": TYPED, "optimizer": TYPED, "scheduler": TYPED, "trainer": TYPED,
-        "checkpoint": TYPED, "eval": TYPED,
+        "checkpoint": TYPED, "eval": TYPED, "logger": TYPED, "sweep": TYPED,
     },
     c.TrainerConfig: {
         "max_steps": optional(at_least(1, 1000, integer=True)), "max_epochs": at_least(1, 20, integer=True),
@@ -123,6 +126,12 @@ CHECKS: dict[type, dict[str, Optional[Check]]] = {
                        "frozen_steps": optional(at_least(0, 100, integer=True)), "freeze_batch_norm": TYPED},
     c.CheckpointConfig: {"every_steps": at_least(0, 1000, integer=True), "keep_last": at_least(0, 3, integer=True),
                          "save_best": TYPED, "best_metric": TYPED},
+    c.SweepConfig: {"name": optional(NAME), "objective": TYPED},  # objective: checked against the loaded eval targets
+    c.LoggerConfig: {"mlflow": TYPED, "wandb": TYPED},
+    c.MLflowConfig: {"enabled": TYPED, "tracking_uri": TYPED, "experiment": TYPED},
+    c.WandbConfig: {"enabled": TYPED, "project": TYPED, "entity": TYPED,
+                    "mode": optional(Check(lambda v: v in WANDB_MODES, f"one of {', '.join(WANDB_MODES)}", "offline",
+                                           bad="dry"))},
     c.EvalConfig: {"every_steps": at_least(0, 2000, integer=True), "at_start": TYPED, "targets": TYPED,
                    "batch_size": at_least(1, 256, integer=True), "flip": TYPED},
     # ---- backbones

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from facetrain.backbones import build_backbone
@@ -23,6 +24,7 @@ from facetrain.engine.resume import (check_same_data, load_resume_state, merge_r
                                      rescale_max_steps)
 from facetrain.engine.run_dir import has_checkpoints
 from facetrain.engine.sync_bn import sync_batchnorm
+from facetrain.engine.trackers import Tracker, open_trackers
 from facetrain.engine.trainer import Trainer, TrainerSettings
 from facetrain.config_checks import check_config
 from facetrain.errors import ConfigError
@@ -92,10 +94,10 @@ def global_batch(cfg: DictConfig, dist: DistInfo) -> int:
 
 
 def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInfo, device: torch.device,
-                  evaluate: bool = True, fresh: bool = True) -> Trainer:
+                  evaluate: bool = True, fresh: bool = True, tracker: Optional[Tracker] = None) -> Trainer:
     """The model, optimizer, schedule and (with ``evaluate``, on rank 0) verification of ``cfg``, in a
     Trainer for ``data`` on ``device``: what ``run`` trains and ``scripts/benchmark.py train`` times.
-    A ``fresh`` run (not a resume) starts as ``init.*`` says."""
+    A ``fresh`` run (not a resume) starts as ``init.*`` says; ``tracker`` is told what TensorBoard is."""
     torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
     if device.type == "cpu" and cfg.trainer.reuse_cpu_memory:
         reuse_freed_memory()
@@ -139,9 +141,11 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
     if evaluate and dist.is_main and cfg.eval.targets:
         evaluator = VerificationCallback(resolve_targets(list(cfg.eval.targets), data.root), device,
                                          cfg.eval.batch_size, cfg.eval.flip.value, cfg.trainer.channels_last)
-        if cfg.checkpoint.best_metric is not None and cfg.checkpoint.best_metric not in evaluator.sets:
-            raise ConfigError(f"checkpoint.best_metric={cfg.checkpoint.best_metric} is not an eval target",
-                              f"choose one of: {', '.join(evaluator.sets)} (or null for the first)")
+        for key in ("checkpoint.best_metric", "sweep.objective"):
+            target = OmegaConf.select(cfg, key)
+            if target is not None and target not in evaluator.sets:
+                raise ConfigError(f"{key}={target} is not an eval target",
+                                  f"choose one of: {', '.join(evaluator.sets)} (or null for the first)")
     settings = TrainerSettings(
         run_dir=run_dir, total_steps=total_steps, batch_size=cfg.trainer.batch_size, seed=cfg.seed, device=device,
         amp_dtype=select_amp_dtype(cfg.trainer.precision.value, device), grad_clip=cfg.trainer.grad_clip,
@@ -154,7 +158,7 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
         loss_scale_growth_interval=cfg.trainer.loss_scale_growth_interval,
         frozen=frozen_prefixes(cfg, model), frozen_steps=cfg.finetune.frozen_steps,
     )
-    return Trainer(model, optimizer, scheduler, data.dataset, settings, dist, evaluator)
+    return Trainer(model, optimizer, scheduler, data.dataset, settings, dist, evaluator, tracker)
 
 
 def frozen_prefixes(cfg: DictConfig, model: torch.nn.Module) -> tuple[str, ...]:
@@ -186,14 +190,16 @@ def refuse_a_second_run_dir(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train as ``cfg`` says (resuming if ``cfg.resume`` is set); returns the final metrics."""
+    """Train as ``cfg`` says (resuming if ``cfg.resume`` is set, or when a sweep job's directory holds
+    checkpoints: the job was stopped and re-queued, or its sweep is run again); returns the final metrics."""
     dist = dist_info()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     setup_logging(run_dir, dist.is_main)
     checkpoint = None
     refuse_init_with_resume(cfg, list(HydraConfig.get().overrides.task))
     refuse_a_second_run_dir(cfg, run_dir)
-    if cfg.resume is not None and has_checkpoints(run_dir):
+    sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
+    if (cfg.resume is not None or sweep_job) and has_checkpoints(run_dir):
         checkpoint = load_resume_state(run_dir)
         cfg = merge_resume_config(cfg, list(HydraConfig.get().overrides.task), checkpoint["config"])
     elif cfg.resume == "auto":
@@ -201,7 +207,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     set_timeout(cfg.trainer.dist_timeout_s)
     log.info(f"run directory {run_dir}" + (f" (resuming at step {checkpoint['step']})" if checkpoint else ""))
+    with open_trackers(cfg.logger, run_dir, cfg.name, cfg.output_root, dist.is_main) as tracker:
+        metrics = train(cfg, run_dir, dist, checkpoint, tracker)
+    log.info(f"done: {metrics}")
+    return metrics
 
+
+def train(cfg: DictConfig, run_dir: Path, dist: DistInfo, checkpoint: Optional[dict[str, Any]],
+          tracker: Tracker) -> dict[str, Any]:
+    """Build the data and the trainer of a checked ``cfg`` (continuing ``checkpoint`` if given), train, and
+    return the final metrics."""
     seed_everything(cfg.seed + dist.rank)
     device = select_device(cfg.trainer.device.value, dist.local_rank)
     data = build_train_data(cfg.dataset.name, **hparams(cfg.dataset))
@@ -209,12 +224,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if checkpoint is not None:
         check_same_data(checkpoint, len(data.dataset), data.num_classes)
         rescale_max_steps(cfg, list(HydraConfig.get().overrides.task), checkpoint, global_batch(cfg, dist))
-    trainer = build_trainer(cfg, data, run_dir, dist, device, fresh=checkpoint is None)
+    trainer = build_trainer(cfg, data, run_dir, dist, device, fresh=checkpoint is None, tracker=tracker)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
     log.info(f"training {cfg.backbone.name} + {cfg.loss.name} for {trainer.s.total_steps} steps "
              f"({trainer.steps_per_epoch} per epoch, global batch {trainer.step_batch}) on {device}"
              + (f", head split over {dist.world_size} rank{'s' if dist.world_size > 1 else ''} (sample_rate {cfg.head.sample_rate})" if trainer.rank_local else ""))
-    metrics = trainer.fit()
-    log.info(f"done: {metrics}")
-    return metrics
+    return trainer.fit()

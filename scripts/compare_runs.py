@@ -2,123 +2,44 @@
 
     python scripts/compare_runs.py outputs/ms1mv3_r50_arcface/<run> outputs/ms1mv3_r50_cosface/<run> \
         [--output compare.png]
+    python scripts/compare_runs.py outputs/multirun/<sweep>        # every job of a sweep
 
 The table (stdout) comes from each run's ``metrics.json``: steps trained, the last training loss, and per
 verification target the last accuracy and the best one with its step. The picture has the training
-loss and one panel per verification target, read from each run's TensorBoard event files.
+loss and one panel per verification target, read from each run's TensorBoard event files. A sweep's jobs
+are labelled by the overrides that differ between them.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from typing import Optional
 
 from facetrain.cli import script_parser
-from facetrain.engine.tensorboard import LOSS_TAG, accuracy_tag  # noqa: E402
-from facetrain.errors import FacetrainError  # noqa: E402
-
-Curve = list[tuple[int, float]]
-
-
-@dataclass
-class Run:
-    label: str
-    metrics: dict[str, Any]  # metrics.json
-    curves: dict[str, Curve]  # "loss" and each target's name -> (step, value)
-
-    @property
-    def targets(self) -> list[str]:
-        return list(dict.fromkeys([*self.metrics.get("val", {}), *self.metrics.get("best", {})]))
+from facetrain.engine.compare import labels, load_run, plot, read_curves, table  # noqa: F401 (read_curves: API)
+from facetrain.engine.sweep import is_sweep, job_labels, sweep_jobs
+from facetrain.errors import FacetrainError
 
 
-def read_curves(run_dir: Path) -> dict[str, Curve]:
-    """The training loss and each target's accuracy as TensorBoard shows them (purged steps hidden)."""
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})  # 0: keep every point
-    events.Reload()
-    tags = events.Tags()["scalars"]
-    curves = {}
-    if LOSS_TAG in tags:
-        curves["loss"] = [(e.step, e.value) for e in events.Scalars(LOSS_TAG)]
-    for tag in tags:
-        parts = tag.split("/")
-        if len(parts) == 3 and tag == accuracy_tag(parts[1]):
-            curves[parts[1]] = [(e.step, e.value) for e in events.Scalars(tag)]
-    return curves
-
-
-def load_run(run_dir: Path, label: str) -> Run:
-    metrics_file = run_dir / "metrics.json"
-    if not run_dir.is_dir():
-        raise FacetrainError(f"{run_dir} does not exist", "pass the run directories train.py wrote (outputs/<name>/<timestamp>)")
-    if not metrics_file.is_file():
-        raise FacetrainError(f"{run_dir} holds no metrics.json", "pass the run directories train.py wrote "
-                             "(outputs/<name>/<timestamp>), of runs that reached an evaluation or a checkpoint")
-    return Run(label, json.loads(metrics_file.read_text()), read_curves(run_dir))
-
-
-def labels(run_dirs: list[Path]) -> list[str]:
-    """``<name>/<timestamp>`` of each run (its last two path parts), the full path where those repeat."""
-    short = [str(Path(*path.resolve().parts[-2:])) for path in run_dirs]
-    return [s if short.count(s) == 1 else str(path) for s, path in zip(short, run_dirs)]
-
-
-def _number(value: Optional[float], digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def table(runs: list[Run]) -> str:
-    """One row per run: steps, final loss, and per target the final and the best accuracy (at its step)."""
-    targets = list(dict.fromkeys(t for run in runs for t in run.targets))
-    header = ["run", "steps", "final loss"]
-    for target in targets:
-        header += [f"{target} final", f"{target} best (step)"]
-    rows = [header]
-    for run in runs:
-        row = [run.label, str(run.metrics.get("step", "-")), _number(run.metrics.get("train_loss"))]
-        for target in targets:
-            final = run.metrics.get("val", {}).get(target, {}).get("accuracy")
-            best = run.metrics.get("best", {}).get(target)
-            row += [_number(final), f"{best['accuracy']:.4f} ({best['step']})" if best else "-"]
-        rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def plot(runs: list[Run], output: Path) -> None:
-    """The training loss, then one panel per verification target, each with every run's curve."""
-    panels = ["loss"] + list(dict.fromkeys(t for run in runs for t in run.curves if t != "loss"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for axis, panel in zip(axes[0], panels):
-        for index, run in enumerate(runs):
-            points = run.curves.get(panel, [])
-            if points:
-                steps, values = zip(*points)
-                axis.plot(steps, values, marker="o" if len(points) < 20 else None, markersize=3,
-                          color=f"C{index % 10}", label=run.label)
-        axis.set_title("training loss" if panel == "loss" else f"{panel} accuracy")
-        axis.set_xlabel("step")
-        axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize="small")
-    figure.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
-    plt.close(figure)
+def runs_and_labels(paths: list[Path]) -> list[tuple[Path, str]]:
+    """Each run directory with its label; a sweep folder stands for its jobs."""
+    plain = [path for path in paths if not is_sweep(path)]
+    named = dict(zip(plain, labels(plain)))
+    found: list[tuple[Path, str]] = []
+    for path in paths:
+        if path in named:
+            found.append((path, named[path]))
+        else:
+            jobs = sweep_jobs(path)
+            found += zip(jobs, job_labels(jobs))
+    return found
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = script_parser("compare_runs", __doc__)
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories written by train.py")
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
+                        help="run directories written by train.py, or sweep folders (outputs/multirun/<sweep>)")
     parser.add_argument("--output", type=Path, default=Path("compare_runs.png"), help="the picture (PNG)")
     return parser.parse_args(argv)
 
@@ -126,7 +47,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        runs = [load_run(path, label) for path, label in zip(args.runs, labels(args.runs))]
+        runs = [load_run(path, label) for path, label in runs_and_labels(args.runs)]
     except FacetrainError as exc:
         print(f"compare_runs: error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
-"""Where a run writes: one directory per run, agreed by all ranks, reused when resuming.
+"""Where a run writes: one directory per run, agreed by all ranks, reused when resuming; a sweep's jobs
+in ``<output_root>/multirun/<sweep name or start time>/<name>_<overrides>/``.
 
-Registered as OmegaConf resolvers so that ``hydra.run.dir`` is the same on every rank (the
-timestamp is decided once by rank 0 and shared through ``FACETRAIN_RUN_STAMP``).
+Registered as OmegaConf resolvers so that ``hydra.run.dir`` and ``hydra.sweep.dir`` are the same on every
+rank (the timestamp is decided once by rank 0 and shared through ``FACETRAIN_RUN_STAMP``).
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from facetrain.engine.checkpoint import list_checkpoints
-from facetrain.engine.distributed import broadcast_object, dist_info
-from facetrain.errors import ResumeError
+from facetrain.engine.distributed import broadcast_object
+from facetrain.errors import ConfigError, ResumeError
 
 STAMP_ENV = "FACETRAIN_RUN_STAMP"
 CHECKPOINT_DIR = "checkpoints"
@@ -65,10 +66,30 @@ def resolve_run_dir(output_root: str, name: str, resume: Optional[str]) -> str:
     return str(run_dir)
 
 
+def sweep_dir(output_root: str, sweep_name: Optional[str]) -> str:
+    """A sweep's directory: ``<output_root>/multirun/<sweep.name>``, or the start time's stamp without a name."""
+    if sweep_name is not None and (not sweep_name.strip() or "/" in sweep_name):
+        raise ConfigError(f"sweep.name={sweep_name} is not a folder name", "pass e.g. sweep.name=heads")
+    return str(Path(output_root, "multirun", sweep_name or os.environ.get(STAMP_ENV) or new_run_stamp()))
+
+
+def job_dirname(name: str, override_dirname: str) -> str:
+    """A sweep job's directory name: the run's name and its overrides (``/`` in a value kept out of the path)."""
+    return f"{name}_{override_dirname}".rstrip("_").replace("/", "_")
+
+
+def launch_rank() -> int:
+    """This process's rank as its launcher numbers it (torchrun, srun, submitit), before any process group."""
+    for variable in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"):
+        if variable in os.environ:
+            return int(os.environ[variable])
+    return 0
+
+
 def hydra_subdir(run_dir: str) -> Optional[str]:
     """Where Hydra saves the composed config: nowhere on ranks > 0; ``.hydra`` in a new run, beside
     (not over) the original when continuing one."""
-    if not dist_info().is_main:
+    if launch_rank() != 0:
         return None
     if not Path(run_dir, ".hydra", "config.yaml").is_file():
         return ".hydra"
@@ -78,3 +99,6 @@ def hydra_subdir(run_dir: str) -> Optional[str]:
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("facetrain_run_dir", resolve_run_dir, replace=True)
     OmegaConf.register_new_resolver("facetrain_hydra_subdir", hydra_subdir, replace=True)
+    OmegaConf.register_new_resolver("facetrain_sweep_dir", sweep_dir, replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("facetrain_job_dirname", job_dirname, replace=True)
+    OmegaConf.register_new_resolver("facetrain_tasks_per_node", lambda gpus: gpus or 1, replace=True)

@@ -34,7 +34,9 @@ from facetrain.engine.run_dir import CHECKPOINT_DIR
 from facetrain.engine.scaler import build_grad_scaler
 from facetrain.engine.shards import full_optimizer_state, shard_optimizer_state
 from facetrain.engine.startup import seconds_since_start
-from facetrain.engine.tensorboard import LOSS_TAG, final_metrics, write_config, write_gpu_memory, write_hparams
+from facetrain.engine.tensorboard import (LOSS_TAG, final_metrics, validation_scalars, write_config, write_gpu_memory,
+                                          write_hparams)
+from facetrain.engine.trackers import Tracker, Trackers
 from facetrain.engine.window import StepWindow
 from facetrain.errors import ResumeError
 from facetrain.eval.callback import VerificationCallback
@@ -88,8 +90,10 @@ class Trainer:
         settings: TrainerSettings,
         dist: DistInfo,
         evaluator: Optional[VerificationCallback] = None,
+        tracker: Optional[Tracker] = None,
     ) -> None:
         self.s, self.dist, self.evaluator = settings, dist, evaluator
+        self.tracker = tracker or Trackers([])  # told what TensorBoard is told (MLflow, W&B)
         self.model = model
         self.optimizer, self.scheduler = optimizer, scheduler
         # tensors holding only this rank's rows (a sharded head): outside DDP, saved whole
@@ -157,6 +161,8 @@ class Trainer:
             purge = self.step if self.resumed_from is None else min(self.step, self.resumed_from)
             self.writer = SummaryWriter(self.s.run_dir / "tensorboard", purge_step=purge + 1 if purge else None)
             write_config(self.writer, self.s.config, self.step)
+            if self.resumed_from is None:
+                self.tracker.log_params(self.s.config)
         if self.step == 0 and self.s.eval_at_start:
             self.evaluate()
         progress = Progress(self.s.total_steps, self.steps_per_epoch, self.step, self.dist.is_main and self.s.progress_bar)
@@ -192,6 +198,7 @@ class Trainer:
         metrics = self.metrics()
         if self.writer is not None:
             write_hparams(self.writer, self.s.config, final_metrics(metrics), self.step)
+            self.tracker.log_final(final_metrics(metrics), self.step)
             self.writer.close()
         return metrics
 
@@ -311,17 +318,22 @@ class Trainer:
                      f"lr {scalars['lr']:.3e} {scalars['throughput']:.1f} img/s data {scalars['data_wait']:.0%} "
                      f"grad_norm {means['grad_norm']:.3g}" + (f" skipped {skipped}" if skipped else "")
                      + f" ETA {format_duration(eta)} (epoch {format_duration(epoch_eta)})")
+            self.write_scalars({LOSS_TAG if name == "loss" else f"train/{name}": v for name, v in scalars.items()}
+                               | {f"head/{name}": float(v) for name, v in self.model.head.stats().items()})
             assert self.writer is not None
-            for name, value in scalars.items():
-                self.writer.add_scalar(LOSS_TAG if name == "loss" else f"train/{name}", value, self.step)
             for name, values in self.window.last_diagnostics.items():
                 finite = values[torch.isfinite(values)].float()  # a skipped NaN step leaves none
                 if finite.numel():
                     self.writer.add_histogram(f"train/{name}", finite, self.step)
-            for name, value in self.model.head.stats().items():
-                self.writer.add_scalar(f"head/{name}", float(value), self.step)
             write_gpu_memory(self.writer, self.s.device, self.step)
         self.window.clear(self.step)
+
+    def write_scalars(self, scalars: dict[str, float]) -> None:
+        """Scalars (tag -> value) at this step to TensorBoard and the other trackers (rank 0)."""
+        assert self.writer is not None
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, self.step)
+        self.tracker.log_scalars(scalars, self.step)
 
     def log_startup(self) -> None:
         """Log how long the process took to finish its first optimizer step (one sync, once)."""
@@ -337,8 +349,7 @@ class Trainer:
         bad = len(set().union(*all_gather_objects(self.dataset.bad_indices)))
         if self.dist.is_main:
             log.info(f"step {self.step}: epoch {self.epoch} done, {bad} unreadable samples skipped so far")
-            assert self.writer is not None
-            self.writer.add_scalar("data/bad_samples", bad, self.step)
+            self.write_scalars({"data/bad_samples": bad})
 
     def evaluate(self) -> bool:
         """Verification on rank 0 (the other ranks wait), logged and written to ``metrics.json``.
@@ -359,6 +370,7 @@ class Trainer:
                 log.info(f"step {self.step} {target} accuracy improved: saving {BEST_NAME}")
             assert self.writer is not None
             self.record.add_validation(results, self.step, self.writer)
+            self.tracker.log_scalars(validation_scalars(results, self.record.best), self.step)
             self.write_metrics()
         return bool(broadcast_object(improved))
 
