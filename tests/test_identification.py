@@ -1,21 +1,23 @@
 """1:N identification: the vectorised search, CMC and TPIR at FPIR against brute-force loops (ties,
-probes without a mate), insightface's open-set figure against its loops restated, and IJB-B/C 1:N
-through scripts/eval_ijb.py on the small IJB folder of tests/test_ijb.py with the official 1:N lists."""
+probes without a mate), insightface's figures against values its ijb_1n.py printed and its loops restated
+(ties in argsort order), and IJB-B/C 1:N through scripts/eval_ijb.py on the small IJB folder of
+tests/test_ijb.py with the official 1:N lists."""
 from __future__ import annotations
 
 import heapq
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from facetrain.errors import DataError
-from facetrain.eval.identification import cmc, identification_metrics, insightface_open_set, search, tpir_at_fpir
-from facetrain.eval.ijb import read_ijb_meta, template_features
-from facetrain.eval.ijb_1n import read_template_list
+from facetrain.eval.identification import cmc, identification_metrics, insightface_figures, search, tpir_at_fpir
+from facetrain.eval.ijb import IJBMeta, read_ijb_meta, template_features
+from facetrain.eval.ijb_1n import TemplateList, identify_templates, read_template_list
 from tests.test_ijb import IDENTITIES, ONE_N_HEADER, make_ijb, reference_image_features, run_eval_ijb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,9 +114,9 @@ def test_metrics_name_the_probe_counts_and_leave_open_set_empty_without_non_mate
 def insightface_loops(probe_feats, gallery_feats, mask, fars=(0.01, 0.1)):
     """evaluation() of insightface's ijb_1n.py, restated: argsort per row for top-k, the mate's score set
     to -2, the ceil(far * probes)-th largest remaining score as threshold, recall = mates above it."""
-    similarity = cosine(probe_feats, gallery_feats)
+    similarity = np.dot(probe_feats, gallery_feats.T)
     top = np.argsort(-similarity)
-    ranks = {k: np.mean([mask[i] in top[i, :k] for i in range(len(mask))]) for k in (1, 5, 10)}
+    ranks = {str(k): np.mean([mask[i] in top[i, :k] for i in range(len(mask))]) for k in (1, 5, 10)}
     pos = np.array([similarity[i, mask[i]] for i in range(len(mask))])
     for i in range(len(mask)):
         similarity[i, mask[i]] = -2.0
@@ -123,17 +125,65 @@ def insightface_loops(probe_feats, gallery_feats, mask, fars=(0.01, 0.1)):
     return ranks, recall
 
 
+def unit(features: np.ndarray) -> np.ndarray:
+    return features / np.sqrt(np.sum(features**2, -1, keepdims=True))
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["continuous", "ties"])
 @pytest.mark.parametrize("seed", [3, 4])
-def test_insightface_open_set_matches_its_loops(seed):
+def test_insightface_figures_match_its_loops(seed, tied):
+    """With ``tied``, gallery entries and probes are exact copies of each other: many a mate ties a non-mate,
+    and the figures follow numpy's argsort order (a gallery of 30: not index order with a vectorised sort)."""
     rng = np.random.default_rng(seed)
     gallery = rng.normal(size=(30, 8))
     mask = rng.integers(0, 30, size=250)
-    probes = gallery[mask] + rng.normal(0, 1.5, (250, 8))
+    if tied:
+        gallery[rng.integers(0, 30, 12)] = gallery[rng.integers(0, 30, 12)]
+        probes = np.where(rng.random((250, 1)) < 0.7, gallery[mask], gallery[rng.integers(0, 30, 250)])
+    else:
+        probes = gallery[mask] + rng.normal(0, 1.5, (250, 8))
+    probes, gallery = unit(probes), unit(gallery)
     ranks, recall = insightface_loops(probes, gallery, mask)
-    got = insightface_open_set(torch.from_numpy(probes), torch.from_numpy(gallery), mask, block=64)
-    assert got == pytest.approx(recall) and 0 < recall["0.01"] < recall["0.1"] < 1
-    result = search(probes, mask, gallery, np.arange(30))
-    assert {k: (result.rank <= k).mean() for k in (1, 5, 10)} == pytest.approx(ranks)
+    got = insightface_figures(torch.from_numpy(probes), torch.from_numpy(gallery), mask, block=64)
+    assert got["rank"] == pytest.approx(ranks) and got["tpir_at_fpir"] == pytest.approx(recall)
+    honest = search(probes, mask, gallery, np.arange(30))
+    honest_rank1 = (honest.rank == 1).mean()
+    if tied:  # ties counted against the probe: fewer at rank 1 than in argsort order
+        assert honest_rank1 < ranks["1"]
+    else:
+        assert 0 < recall["0.01"] < recall["0.1"] < 1 and honest_rank1 == pytest.approx(ranks["1"])
+
+
+def test_insightface_figures_equal_its_printed_values_on_identical_gallery_templates():
+    """evaluation() of insightface's ijb_1n.py (commit 7fadd420c2351d0ffa8cac403421c1a3ed733365, run outside
+    the repository) printed top1 = 0.8, top5 = top10 = 1.0 and pr = 0 at both FARs: gallery entries 0 and 1
+    are identical, so probes 0, 1 and 4 tie their mate with another entry and argsort puts entry 0 first."""
+    gallery = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    probes = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])
+    mask = np.array([0, 1, 2, 2, 0])
+    assert insightface_figures(probes, gallery, mask) == {"rank": {"1": 0.8, "5": 1.0, "10": 1.0},
+                                                          "tpir_at_fpir": {"0.01": 0.0, "0.1": 0.0}}
+    assert search(probes, mask, gallery, np.arange(3)).rank.tolist() == [2, 2, 1, 1, 2]  # ours: ties count against
+
+
+def test_joined_galleries_are_ordered_by_template_id_as_insightface_orders_them():
+    """insightface's ijb_1n.py pipeline (commit 7fadd420c2351d0ffa8cac403421c1a3ed733365, run outside the
+    repository on these lists and features) printed top1 = 0.75: its joined gallery is templates 10, 20, 30
+    (ascending id), so template 20 (subject 1001) comes before the identical template 30 (subject 1000) of
+    gallery G1. In G1-then-G2 order rank-1 would be 0.5. Within each gallery no mate is tied."""
+    images = [(30, 1), (20, 2), (20, 2), (10, 3), (40, 4), (50, 5), (60, 6), (70, 7)]  # (template, media)
+    features = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [1, 0], [1, 0], [0, 1], [1, 0]], np.float32)
+    templates, medias = (np.array(column) for column in zip(*images))
+    meta = IJBMeta("IJBC", Path("IJBC"), [f"{i}.jpg" for i in range(8)], np.zeros((8, 5, 2), np.float32),
+                   np.ones(8, np.float32), templates, medias, np.zeros((0, 2), np.int64), np.zeros(0, bool))
+    lists = {"G1": TemplateList(Path("g1"), np.array([10, 30]), np.array([1002, 1000])),
+             "G2": TemplateList(Path("g2"), np.array([20]), np.array([1001])),
+             "probe": TemplateList(Path("p"), np.array([40, 50, 60, 70]), np.array([1000, 1001, 1002, 1001]))}
+    metrics = identify_templates(features, meta, lists).metrics
+    assert metrics["joined_galleries"] == {"rank": {"1": 0.75, "5": 1.0, "10": 1.0},
+                                           "tpir_at_fpir": {"0.01": 0.0, "0.1": 0.0}}
+    assert metrics["galleries"]["G1"]["rank"]["1"] == metrics["galleries"]["G2"]["rank"]["1"] == 1.0
+    assert set(metrics["ties"]) == {"galleries", "joined_galleries"}
 
 
 # ---- IJB-B/C 1:N --------------------------------------------------------------------------------------

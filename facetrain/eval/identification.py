@@ -9,10 +9,12 @@ Open set (NIST's TPIR at FPIR): a threshold t is set on the non-mated probes' to
 FPIR of them (rounded down to whole probes) scores t or more; TPIR is the fraction of mated probes whose mate
 ranks first and scores at least t. With no non-mated probe there is no open-set figure.
 
-:func:`insightface_open_set` is the other open-set figure the field reports for IJB-B/C, as insightface's
-``recognition/_evaluation_/ijb/ijb_1n.py`` computes it on one gallery holding every probe's identity.
+:func:`insightface_figures` are the figures the field reports for IJB-B/C, as insightface's
+``recognition/_evaluation_/ijb/ijb_1n.py`` computes them on one gallery holding every probe's identity: its
+ranks take ties in the order numpy's argsort leaves them, and its open-set figure is another one.
 
-Everything is vectorised: the similarity matrix is taken in blocks of probes on the device.
+Everything is vectorised: the similarity matrix is taken in blocks of probes (on the device in :func:`search`,
+in numpy in :func:`insightface_figures`, as insightface's).
 """
 from __future__ import annotations
 
@@ -119,28 +121,44 @@ def metrics_table(title: str, named: dict[str, dict[str, Any]], label: str = "")
     return "\n".join([title] + [line.rstrip() for line in lines])
 
 
-def insightface_open_set(probe_feats: torch.Tensor, gallery_feats: torch.Tensor, mate_index: np.ndarray,
-                         fprs: Sequence[float] = FPIRS, block: int = 4096) -> dict[str, float]:
-    """insightface's ijb_1n.py figure: every probe has exactly one mate in the gallery (``mate_index``);
-    the threshold at FPR f is the ``ceil(f * probes)``-th largest non-mate similarity over all
-    probe-gallery pairs, and the figure is the fraction of probes whose mate scores above it.
+def insightface_figures(probe_feats: np.ndarray | torch.Tensor, gallery_feats: np.ndarray | torch.Tensor,
+                        mate_index: np.ndarray, ranks: Sequence[int] = (1, 5, 10), fprs: Sequence[float] = FPIRS,
+                        block: int = 4096) -> dict[str, dict[str, float]]:
+    """``evaluation()`` of insightface's ijb_1n.py, where every probe has exactly one mate in the gallery
+    (``mate_index``): ``{"rank": {k: ...}, "tpir_at_fpir": {f: ...}}``.
 
-    Only the largest non-mate scores are kept (per block of probes, then overall), never the whole matrix."""
-    probes = F.normalize(probe_feats.to(torch.float64), dim=1)
-    gallery = F.normalize(gallery_feats.to(torch.float64), dim=1)
-    mates = torch.from_numpy(np.asarray(mate_index)).to(probes.device)
+    Rank k is the fraction of probes whose mate is among the first k entries of ``numpy.argsort(-similarity)``
+    (numpy's default sort), so a non-mate scoring exactly as the mate may come before or after it: the
+    gallery's order and numpy's sort decide, as in insightface's code (unlike :func:`search`, where such a
+    tie counts against the probe). The "TPIR" at FPR f thresholds at the ``ceil(f * probes)``-th largest
+    non-mate similarity over all probe-gallery pairs and counts the probes whose mate scores above it.
+
+    ``probe_feats`` and ``gallery_feats`` are used as given (insightface's are L2-normalised before): the
+    similarities are their float64 product by ``numpy.dot`` in one call, as insightface's (a product taken in
+    blocks can differ in the last bit); rows are then taken in blocks, only rows in which a non-mate ties the
+    mate are sorted, and only the largest non-mate scores are kept."""
+    probes, gallery = _float64_rows(probe_feats), _float64_rows(gallery_feats)
+    similarity, mates = np.dot(probes, gallery.T), np.asarray(mate_index)
     need = max(int(math.ceil(len(probes) * fpr)) for fpr in fprs)
-    mate_scores, largest = [], torch.empty(0, dtype=torch.float64, device=probes.device)
+    positions, mate_scores, largest = [], [], np.empty(0)
     for start in range(0, len(probes), block):
-        scores = probes[start:start + block] @ gallery.T
-        rows = torch.arange(len(scores), device=scores.device)
-        mate_scores.append(scores[rows, mates[start:start + block]])
-        scores[rows, mates[start:start + block]] = -math.inf
-        flat = torch.cat([largest, scores.ravel()])
-        largest = flat.topk(min(need, len(flat))).values
-    mate = torch.cat(mate_scores)
-    result = {}
-    for fpr in fprs:
-        threshold = largest[int(math.ceil(len(probes) * fpr)) - 1]
-        result[f"{fpr:g}"] = float((mate > threshold).double().mean())
-    return result
+        scores = similarity[start:start + block]
+        rows, own = np.arange(len(scores)), mates[start:start + block]
+        mate = scores[rows, own]
+        position = (scores > mate[:, None]).sum(axis=1)  # exact wherever no non-mate ties the mate
+        tied = np.flatnonzero(((scores == mate[:, None]).sum(axis=1) > 1) & (position < max(ranks)))
+        position[tied] = np.argmax(np.argsort(-scores[tied], axis=1) == own[tied, None], axis=1)
+        positions.append(position)
+        mate_scores.append(mate)
+        scores[rows, own] = -np.inf
+        flat = np.concatenate([largest, scores.ravel()])
+        largest = -np.partition(-flat, min(need, len(flat)) - 1)[:need]
+    position, mate, largest = np.concatenate(positions), np.concatenate(mate_scores), np.sort(largest)[::-1]
+    thresholds = {f"{fpr:g}": largest[int(math.ceil(len(probes) * fpr)) - 1] for fpr in fprs}
+    return {"rank": {str(k): float((position < k).mean()) for k in ranks},
+            "tpir_at_fpir": {key: float((mate > threshold).mean()) for key, threshold in thresholds.items()}}
+
+
+def _float64_rows(features: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``features`` as a float64 numpy array on the CPU."""
+    return (features.detach().cpu().numpy() if torch.is_tensor(features) else np.asarray(features)).astype(np.float64)

@@ -8,20 +8,24 @@ id and the subject id in the first two columns, one line per image.
 
 Each gallery holds half of the subjects, so every probe is mated in one gallery and not in the other:
 per gallery, the rank-k identification rates (mated probes) and TPIR at FPIR (non-mated probes set the
-threshold); then their average; and insightface's figures on the two galleries joined (every probe mated).
+threshold), a non-mate scoring exactly as the mate ranking above it; then their average; and insightface's
+figures on the two galleries joined (every probe mated), computed as its ``evaluation()`` computes them, on the
+joined gallery in its order (ascending template id), ties included (:func:`facetrain.eval.identification.insightface_figures`).
+The template features are ours (pooled in float64; insightface pools in float32), so scores may differ from
+its by ~1e-7, which can only reorder scores closer than that; identical templates tie exactly in both.
 """
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from facetrain.errors import DataError
-from facetrain.eval.identification import FPIRS, SearchResult, identification_metrics, insightface_open_set, search
+from facetrain.eval.identification import FPIRS, SearchResult, identification_metrics, insightface_figures, search
 from facetrain.eval.ijb import IJBMeta, layout_hint, template_features
 
 GALLERIES = {"IJBB": ("S1", "S2"), "IJBC": ("G1", "G2")}
@@ -97,34 +101,43 @@ def identify_templates(features: np.ndarray, meta: IJBMeta, lists: dict[str, Tem
         return template_feats[rows], listed.subjects
 
     galleries = {name: enrolled(listed) for name, listed in lists.items() if name != "probe"}
-    results, metrics = identify(enrolled(lists["probe"]), galleries)
+    joined_order = np.argsort(np.concatenate([lists[name].templates for name in galleries]), kind="stable")
+    results, metrics = identify(enrolled(lists["probe"]), galleries, joined_order)
     return OneNResult(meta.target, results, metrics)
 
 
-def identify(probes: Enrolled, galleries: dict[str, Enrolled]) -> tuple[dict[str, SearchResult], dict[str, Any]]:
+def identify(probes: Enrolled, galleries: dict[str, Enrolled], joined_order: Optional[np.ndarray] = None
+             ) -> tuple[dict[str, SearchResult], dict[str, Any]]:
     """The probes searched in each gallery: per gallery figures, their average, and insightface's figures on
-    the galleries joined."""
+    the galleries joined (entries in ``joined_order`` of the galleries' concatenation; default: as given)."""
     results = {name: search(probes[0], probes[1], *gallery) for name, gallery in galleries.items()}
     per_gallery = {name: identification_metrics(result, RANKS) for name, result in results.items()}
     average = {"rank": {str(k): _mean([m["rank"][str(k)] for m in per_gallery.values()]) for k in RANKS},
                "tpir_at_fpir": {f"{f:g}": _mean([m["tpir_at_fpir"][f"{f:g}"] for m in per_gallery.values()])
                                 for f in FPIRS}}
-    return results, {"galleries": per_gallery, "average": average, "joined_galleries": joined(probes, list(galleries.values()))}
+    return results, {"galleries": per_gallery, "average": average,
+                     "joined_galleries": joined(probes, list(galleries.values()), joined_order), "ties": TIES}
 
 
-def joined(probes: Enrolled, galleries: list[Enrolled]) -> dict[str, Any]:
-    """insightface's figures: the galleries joined into one, in which every probe subject is enrolled once."""
+TIES = {"galleries": "a non-mate scoring exactly as the mate ranks above it",
+        "joined_galleries": "as numpy.argsort(-similarity) orders them over the joined gallery in ascending template "
+                            "id (insightface's ijb_1n.py)"}
+
+
+def joined(probes: Enrolled, galleries: list[Enrolled], order: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """insightface's figures: the galleries joined into one (entries in ``order`` of their concatenation), in
+    which every probe subject is enrolled once."""
     probe_feats, probe_subjects = probes
     subjects = np.concatenate([g[1] for g in galleries])
     gallery_feats = torch.cat([g[0] for g in galleries])
-    order = np.argsort(subjects, kind="stable")
-    position = np.searchsorted(subjects[order], probe_subjects)
-    found = (position < len(subjects)) & (subjects[order][np.minimum(position, len(subjects) - 1)] == probe_subjects)
+    if order is not None:
+        subjects, gallery_feats = subjects[order], gallery_feats[torch.from_numpy(order).to(gallery_feats.device)]
+    by_subject = np.argsort(subjects, kind="stable")
+    position = np.searchsorted(subjects[by_subject], probe_subjects)
+    found = (position < len(subjects)) & (subjects[by_subject][np.minimum(position, len(subjects) - 1)] == probe_subjects)
     if not found.all() or len(np.unique(subjects)) != len(subjects):
         return {"skipped": "a probe subject is missing from the galleries or enrolled twice"}
-    result = search(probe_feats, probe_subjects, gallery_feats, subjects)
-    return {"rank": {str(k): float((result.rank <= k).mean()) for k in RANKS},
-            "tpir_at_fpir": insightface_open_set(probe_feats, gallery_feats, order[position])}
+    return insightface_figures(probe_feats, gallery_feats, by_subject[position], RANKS)
 
 
 def _mean(values: list) -> Any:
