@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
@@ -64,10 +64,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         layout = found.layout
         name = args.backbone or layout.backbone
         size = args.embedding_size or layout.embedding_size or 512
-        overrides = [f"backbone={name}", f"embedding_size={size}"]
-        overrides += [f"backbone.{key}={value}" for key, value in layout.hparams.items() if name == layout.backbone]
-        cfg = compose_train_config(overrides, CONFIGS)
-        hparams = {k: v for k, v in OmegaConf.to_container(cfg.backbone, resolve=True).items() if k != "name"}
+        hparams = backbone_settings(name, size, layout.hparams if name == layout.backbone else {})
         backbone = build_backbone(name, size, **hparams)
         left_out = load_into(found, backbone, name, hparams, size, args.input_order, args.strict)
         print(f"{args.file}: {layout.description} -> facetrain {name}, {size}-d embeddings"
@@ -82,6 +79,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
 
     return run_script("import_weights", work)
+
+
+def backbone_settings(name: str, embedding_size: int, given: dict[str, Any]) -> dict[str, Any]:
+    """The settings of backbone ``name``: its config's defaults, then the ``given`` values (read from a file)
+    as they are. They never pass through Hydra's override strings, where ``${...}``, commas, brackets or
+    quotes would be parsed (an interpolation resolved, a sweep, a list) instead of kept."""
+    cfg = compose_train_config([f"backbone={name}", f"embedding_size={embedding_size}"], CONFIGS)
+    defaults = OmegaConf.to_container(cfg.backbone, resolve=True)
+    return {**{key: value for key, value in defaults.items() if key != "name"}, **given}
 
 
 def check(backbone, args: argparse.Namespace) -> int:
