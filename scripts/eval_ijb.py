@@ -11,7 +11,8 @@ identification (rank-1/5/10, TPIR at FPIR 0.01 and 0.1, per gallery and averaged
 each pair, in the order of the pair file); 1:N writes ``<target>_1n.json``, ``<target>_cmc.png`` and
 ``<target>_tpir.png``, to ``--output`` (default ``ijb_results``). With ``--protocol both`` (the default)
 a release without the 1:N lists is evaluated 1:1 only, saying so. The image features are kept in
-``--output`` (``features_*.npy``): another protocol on the same checkpoint reuses them.
+``--output`` (``features_*.npy``): another protocol on the same checkpoint reuses them (they are keyed by the
+checkpoint, the images, the landmarks' values, the alignment and ``--flip``).
 """
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ import numpy as np
 
 from facetrain import load_backbone
 from facetrain.cli import run_script, script_parser
-from facetrain.eval.feature_cache import cached_features, checkpoint_digest, file_list_digest
+from facetrain.eval.feature_cache import cached_features, checkpoint_digest
 from facetrain.eval.identification import metrics_table
 from facetrain.eval.ijb import (
     FARS,
     TARGETS,
     IJBResult,
+    feature_key,
     image_features,
     read_ijb_meta,
     score_templates,
@@ -112,8 +114,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"eval_ijb: 1:N skipped: {meta.folder / 'meta'} lacks the 1:N lists", file=sys.stderr)
         lists = read_one_n_lists(meta) if one_n else {}
         checkpoint = find_checkpoint(args.checkpoint)
-        key = {"checkpoint": checkpoint_digest(checkpoint), "images": file_list_digest(meta.image_dir, meta.names),
-               "flip": args.flip, "alignment": "arcface-5-points"}
+        key = {"checkpoint": checkpoint_digest(checkpoint), "flip": args.flip, **feature_key(meta)}
         features = cached_features(args.output if args.cache else None, key, lambda: image_features(
             load_backbone(checkpoint, device), meta, device, args.batch_size, args.workers, args.flip, args.progress))
         report = {"checkpoint": str(checkpoint), "flip": args.flip, "detector_score": args.detector_score}

@@ -3,6 +3,7 @@ it, and scripts/eval_ijb.py end to end on a small IJB-style folder written here.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -214,6 +215,29 @@ def test_eval_ijb_end_to_end(ijb, tmp_path, capsys):
     np.testing.assert_allclose(plain, insightface_scores(features, meta.templates, meta.medias, meta.pairs),
                                rtol=1e-6, atol=1e-7)
     assert np.abs(plain - scores).max() > 1e-4
+
+
+def test_corrected_landmarks_make_new_features(broken, tmp_path, monkeypatch):
+    """The feature cache is keyed by the landmarks' values: a corrected landmarks file (same images, same file
+    size and modification time) is embedded again; unchanged meta files reuse the features."""
+    out = tmp_path / "out"
+    import facetrain.eval.ijb as ijb_module
+
+    passes = []
+    embed = ijb_module.embed_files
+    monkeypatch.setattr(ijb_module, "embed_files", lambda *args, **kwargs: passes.append(1) or embed(*args, **kwargs))
+    assert run_eval_ijb(broken, out, "--protocol", "1v1") == 0 and len(passes) == 1
+    points = broken["folder"] / "meta" / "ijbc_name_5pts_score.txt"
+    before, lines = points.stat(), points.read_text().splitlines(keepends=True)
+    name, x, rest = lines[0].split(" ", 2)
+    lines[0] = f"{name} {float(x) + 1:.3f} {rest}"  # one landmark moved by a pixel
+    assert len(lines[0]) == len(points.read_text().splitlines(keepends=True)[0])
+    points.write_text("".join(lines))
+    os.utime(points, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert run_eval_ijb(broken, out, "--protocol", "1v1") == 0 and len(passes) == 2
+    cached = sorted(out.glob("features_*.npy"))
+    assert len(cached) == 2 and not np.array_equal(*(np.load(path) for path in cached))
+    assert run_eval_ijb(broken, out, "--protocol", "1v1") == 0 and len(passes) == 2  # nothing changed: reused
 
 
 # ---- bad input --------------------------------------------------------------------------------------

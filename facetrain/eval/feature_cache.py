@@ -37,6 +37,12 @@ def file_list_digest(base: Path, names: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+def array_digest(array: np.ndarray) -> str:
+    """The sha256 of an array's values, dtype and shape (inputs such as landmarks, keyed by content)."""
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(f"{array.dtype.str}{array.shape}".encode() + array.tobytes()).hexdigest()
+
+
 def cached_features(folder: Optional[Path], key: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
     """``compute()``'s features, or the ones an earlier call with the same ``key`` saved in ``folder``
     (``features_<digest of key>.npy``, plain arrays: loading one runs no code); no cache when ``folder`` is None."""

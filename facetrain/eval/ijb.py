@@ -30,6 +30,7 @@ from torch import nn
 
 from facetrain.errors import DataError
 from facetrain.eval.embed import FlipMode, embed_files
+from facetrain.eval.feature_cache import array_digest, file_list_digest
 from facetrain.eval.roc import ROC, roc, roc_metrics
 
 TARGETS = ("IJBB", "IJBC")
@@ -159,6 +160,14 @@ def image_features(backbone: nn.Module, meta: IJBMeta, device: torch.device, bat
     return embed_files(backbone, meta.image_dir, meta.names, device, batch_size, workers, flip, progress,
                        meta.target, Aligner(meta.landmarks),
                        "IJB evaluation needs every image of the meta files: restore it from the release")
+
+
+def feature_key(meta: IJBMeta) -> dict[str, Any]:
+    """What :func:`image_features` of ``meta`` depends on besides the network and the flip, for the feature
+    cache: the images (names, sizes, modification times), the landmarks (their values: a corrected landmarks
+    file makes new features) and the alignment (reference points, crop size)."""
+    return {"images": file_list_digest(meta.image_dir, meta.names), "landmarks": array_digest(meta.landmarks),
+            "alignment": {"reference": REFERENCE_LANDMARKS.tolist(), "size": ALIGNED_SIZE}}
 
 
 def template_features(features: np.ndarray, templates: np.ndarray, medias: np.ndarray,
