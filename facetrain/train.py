@@ -223,7 +223,8 @@ def train(cfg: DictConfig, run_dir: Path, dist: DistInfo, checkpoint: Optional[d
     log.info(f"dataset {cfg.dataset.name}: {len(data.dataset)} images of {data.num_classes} identities at {data.root}")
     if checkpoint is not None:
         check_same_data(checkpoint, len(data.dataset), data.num_classes)
-        rescale_max_steps(cfg, list(HydraConfig.get().overrides.task), checkpoint, global_batch(cfg, dist))
+        rescale_max_steps(cfg, list(HydraConfig.get().overrides.task), checkpoint, global_batch(cfg, dist),
+                          len(data.dataset))
     trainer = build_trainer(cfg, data, run_dir, dist, device, fresh=checkpoint is None, tracker=tracker)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)

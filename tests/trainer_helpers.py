@@ -21,14 +21,14 @@ OPTIMIZERS = {"sgd": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nestero
 
 
 class Faces(Dataset):
-    """48 random 3x6x6 images of ``classes`` identities."""
+    """``images`` (48) random 3x6x6 images of ``classes`` identities."""
 
-    def __init__(self, classes: int = CLASSES) -> None:
-        self.images = torch.randint(0, 256, (IMAGES, 3, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    def __init__(self, classes: int = CLASSES, images: int = IMAGES) -> None:
+        self.images = torch.randint(0, 256, (images, 3, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         self.classes = classes
 
     def __len__(self) -> int:
-        return IMAGES
+        return len(self.images)
 
     def __getitem__(self, index: int):
         return self.images[index], index % self.classes
@@ -43,21 +43,23 @@ def make_trainer(run_dir: Path, world_size: int = 1, rank: int = 0, total_steps:
                  sharded: bool = True, sync_bn: bool = True, grad_accum: int = 1, checkpoint_every: int = 0,
                  optimizer: str = "sgd", fused: bool = False, sample_rate: float = 1.0, classes: int = CLASSES,
                  amp_dtype: Optional[torch.dtype] = None, growth_interval: int = 100, epochs: Optional[int] = None,
-                 global_batch: int = GLOBAL_BATCH, loss: str = "arcface", **head_args) -> Trainer:
-    """The CLI's layout (``build_model``, ``build_optimizer``) on a tiny model; ``global_batch`` images per
-    optimizer step. The schedule is ``1 / (1 + step)`` over ``total_steps``, or with ``epochs`` the poly
-    schedule (power 2, one epoch of warm-up) over that many epochs, as ``build_trainer`` makes it."""
+                 global_batch: int = GLOBAL_BATCH, loss: str = "arcface", images: int = IMAGES,
+                 max_steps: Optional[int] = None, **head_args) -> Trainer:
+    """The CLI's layout (``build_model``, ``build_optimizer``) on a tiny model and ``images`` images;
+    ``global_batch`` images per optimizer step. The schedule is ``1 / (1 + step)`` over ``total_steps``, or
+    with ``max_steps`` or ``epochs`` the poly schedule (power 2, one epoch of warm-up) over that many steps
+    or epochs, as ``build_trainer`` makes it."""
     torch.manual_seed(0)
     head_args = head_args or {"s": 16.0, "m": 0.3}
     build = lambda n: build_head(loss, 8, n, **head_args)  # noqa: E731
     dist = DistInfo(rank, rank, world_size)
     model = build_model(backbone(batch_norm), build(classes), build, sharded, sample_rate, sync_bn, dist, torch.device("cpu"))
     opt = build_optimizer(model.parameters(), optimizer, fused=fused, **OPTIMIZERS[optimizer])
-    if epochs is None:
+    if epochs is None and max_steps is None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
     else:
-        steps_per_epoch = IMAGES // global_batch
-        total_steps = epochs * steps_per_epoch
+        steps_per_epoch = images // global_batch
+        total_steps = max_steps or epochs * steps_per_epoch
         scheduler = build_scheduler(opt, "poly", total_steps, steps_per_epoch, warmup_epochs=1.0, power=2.0)
     settings = TrainerSettings(
         run_dir=run_dir, total_steps=total_steps, batch_size=global_batch // world_size // grad_accum, seed=0,
@@ -65,7 +67,7 @@ def make_trainer(run_dir: Path, world_size: int = 1, rank: int = 0, total_steps:
         channels_last=False, checkpoint_every=checkpoint_every, keep_last=0, save_best=False, best_metric=None,
         max_nonfinite=3, eval_every=0, eval_at_start=False, progress_bar=False, config={}, grad_accum=grad_accum,
         loss_scale_growth_interval=growth_interval)
-    return Trainer(model, opt, scheduler, Faces(classes), settings, dist)
+    return Trainer(model, opt, scheduler, Faces(classes, images), settings, dist)
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -38,11 +38,20 @@ class FaceModel(nn.Module):
         names = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else set()
         return {f"backbone.{name}" for name in names}
 
+    def heads(self) -> list[Head]:
+        """Every head in the model: the head and, for a wrapper, its inner heads."""
+        return [module for module in self.head.modules() if isinstance(module, Head)]
+
     def on_optimizer_step(self) -> None:
-        """Tell every head in the model (a wrapper's inner heads too) that an optimizer step finished."""
-        for module in self.head.modules():
-            if isinstance(module, Head):
-                module.on_optimizer_step()
+        """Tell every head in the model that an optimizer step finished."""
+        for head in self.heads():
+            head.on_optimizer_step()
+
+    def re_express_steps(self, re_express: Callable[[int], int]) -> None:
+        """Tell every head in the model that a resume re-expressed the optimizer steps in another global
+        batch's (see :meth:`Head.re_express_steps`)."""
+        for head in self.heads():
+            head.re_express_steps(re_express)
 
     def rank_local_tensors(self) -> dict[str, RowShard]:
         """Parameters and buffers (by name in this model) that hold only this rank's rows: a sharded

@@ -91,23 +91,31 @@ def check_same_data(state: dict[str, Any], images: int, classes: int) -> None:
                           "point dataset.root at the data the run was started with, or start a fresh run")
 
 
-def position_in_steps(epoch: int, images_into_epoch: int, step_batch: int, steps_per_epoch: int) -> tuple[int, int, int]:
-    """``(step, epoch, steps into the epoch)`` in optimizer steps of ``step_batch`` images for a data
-    position of ``images_into_epoch`` images into ``epoch`` (rounded down to a whole step; a position past
-    the last whole step of the epoch is the start of the next)."""
-    epoch, steps_in_epoch = divmod(epoch * steps_per_epoch + min(images_into_epoch // step_batch, steps_per_epoch),
-                                   steps_per_epoch)
-    return epoch * steps_per_epoch + steps_in_epoch, epoch, steps_in_epoch
+def re_express_step(step: int, saved_batch: int, step_batch: int, images: int) -> int:
+    """The optimizer step of ``step_batch`` images that stands where ``step`` steps of ``saved_batch`` images
+    stood in the data: the same epoch and image of it, rounded down to a whole new step (a position past the
+    epoch's last whole new step is the start of the next epoch). ``images``: the dataset's size.
+
+    The one rule for everything counted in steps when a resume changes the global batch: the step counter,
+    the schedule's position, a ``trainer.max_steps`` budget (so the run ends where it would have, the same
+    epoch position; its images differ by what each epoch's last partial step drops) and heads' step counts.
+    """
+    saved_per_epoch, per_epoch = images // saved_batch, images // step_batch
+    epoch, steps_into_epoch = divmod(step, saved_per_epoch)
+    return epoch * per_epoch + min(steps_into_epoch * saved_batch // step_batch, per_epoch)
 
 
-def rescale_max_steps(cfg: DictConfig, overrides: list[str], state: dict[str, Any], step_batch: int) -> None:
-    """Re-express a saved ``trainer.max_steps`` in steps of this run's global batch (``step_batch``
-    images), so a run resumed with another batch trains the same number of images. A ``trainer.max_steps``
-    on this command line is taken as given, in the new steps."""
+def rescale_max_steps(cfg: DictConfig, overrides: list[str], state: dict[str, Any], step_batch: int, images: int) -> None:
+    """Re-express a saved ``trainer.max_steps`` in steps of this run's global batch (``step_batch`` images) on
+    ``images`` images by :func:`re_express_step`, so a run resumed with another batch ends at the same
+    place in the data. A ``trainer.max_steps`` on this command line is taken as given, in the new steps (as
+    is any when the new batch exceeds the dataset, which building the trainer refuses)."""
     saved_batch = state.get("global_batch", step_batch)
-    if cfg.trainer.max_steps is None or saved_batch == step_batch or "trainer.max_steps" in override_keys(overrides):
+    if (cfg.trainer.max_steps is None or saved_batch == step_batch or images < step_batch
+            or "trainer.max_steps" in override_keys(overrides)):
         return
-    rescaled = max(1, round(cfg.trainer.max_steps * saved_batch / step_batch))
+    rescaled = max(1, re_express_step(cfg.trainer.max_steps, saved_batch, step_batch, images))
     log.info(f"resume: trainer.max_steps {cfg.trainer.max_steps} of {saved_batch} images -> {rescaled} of {step_batch} "
-             "(the same number of images)")
+             f"(the same end in the data: epoch {rescaled // (images // step_batch)} + "
+             f"{rescaled % (images // step_batch) * step_batch} images)")
     cfg.trainer.max_steps = rescaled

@@ -6,6 +6,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -29,7 +30,7 @@ from facetrain.engine.nonfinite import NonFiniteGuard
 from facetrain.engine.optim import restore_configured_hyperparameters
 from facetrain.engine.preemption import Preempted, StopRequest, ignore_stop_signals
 from facetrain.engine.record import RunRecord
-from facetrain.engine.resume import position_in_steps
+from facetrain.engine.resume import re_express_step
 from facetrain.engine.run_dir import CHECKPOINT_DIR
 from facetrain.engine.scaler import build_grad_scaler
 from facetrain.engine.shards import full_optimizer_state, shard_optimizer_state
@@ -439,7 +440,8 @@ class Trainer:
 
         A checkpoint written with another global batch (world size, batch size or ``grad_accum``) continues
         at the same epoch and image of that epoch (rounded down to a whole step of the new batch), with the
-        step counter and the schedule re-expressed in the new batch's steps (:func:`position_in_steps`).
+        step counter, the schedule and the heads' step counts re-expressed in the new batch's steps by
+        :func:`~facetrain.engine.resume.re_express_step` (the rule ``trainer.max_steps`` follows too).
         """
         configured = [{key: value for key, value in group.items() if key != "params"} for group in self.optimizer.param_groups]
         try:
@@ -461,10 +463,13 @@ class Trainer:
         if state["world_size"] == self.dist.world_size and (global_batch, accum) == (step_batch, self.s.grad_accum):
             set_rng_state(state["rng"][self.dist.rank])
         else:
-            self.step, self.epoch, steps_in_epoch = position_in_steps(
-                self.epoch, self.batch // accum * global_batch, step_batch, self.steps_per_epoch)
+            re_express = partial(re_express_step, saved_batch=global_batch, step_batch=step_batch,
+                                 images=self.sampler.size)
+            self.step = re_express(state["step"])
+            self.epoch, steps_in_epoch = divmod(self.step, self.steps_per_epoch)
             self.batch = steps_in_epoch * self.s.grad_accum
             self.scheduler.last_epoch = self.step
+            self.model.re_express_steps(re_express)
             log.warning(f"warning: the checkpoint was written by {state['world_size']} processes with a global batch of "
                         f"{global_batch}, this run has {self.dist.world_size} and {step_batch}: step {state['step']} "
                         f"(epoch {state['epoch']} + {state['batch_in_epoch'] // accum} of its steps) continues as step "

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -147,7 +147,13 @@ class Head(nn.Module, ABC):
     def on_optimizer_step(self) -> None:
         """Called once after every optimizer step (a skipped one too), on every head in the model, wrapped
         heads included: for state that follows the optimizer's steps rather than the forward passes
-        (SphereFace's annealing). Batch statistics (AdaFace, CurricularFace) update in the forward."""
+        (SphereFace's annealing). Batch statistics (AdaFace, CurricularFace) update in the forward.
+        A head that counts steps here converts its count in :meth:`re_express_steps`."""
+
+    def re_express_steps(self, re_express: Callable[[int], int]) -> None:
+        """Called after loading a checkpoint written with another global batch: ``re_express`` maps a count
+        of the saved run's optimizer steps to this run's at the same place in the data (as the trainer's
+        step counter and schedule are mapped). A head whose state counts optimizer steps converts it here."""
 
     def stats(self) -> dict[str, torch.Tensor]:
         """The head's state worth watching, as named scalar tensors read at log intervals: by default every

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,12 @@ class SphereFace(Head):
     same lambda. Outside training, lambda is the last step's. Defaults are the official prototxt's (m=4,
     base=1000, gamma=0.12, power=1, lambda_min=5). Differs from the official code in one respect:
     gradients are autograd's exact ones, where the Caffe layer hand-writes a rescaled backward.
+
+    ``it`` counts optimizer steps of the run's global batch, like the step counter and the lr schedule: a
+    resume with another global batch re-expresses it as it does them (:meth:`re_express_steps`), so the
+    annealing goes on from the same place in the data as a run with the new batch from the start would
+    there. lambda is defined per step, so at that resume it moves to that run's value (a larger batch: a
+    larger lambda, annealed more slowly per image) rather than continuing the old batch's curve.
     """
 
     def __init__(
@@ -58,6 +64,9 @@ class SphereFace(Head):
 
     def on_optimizer_step(self) -> None:
         self.iteration += 1
+
+    def re_express_steps(self, re_express: Callable[[int], int]) -> None:
+        self.iteration.fill_(re_express(int(self.iteration)))
 
     def stats(self) -> dict[str, torch.Tensor]:
         return {"lambda": self.annealing()}
