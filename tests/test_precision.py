@@ -1,16 +1,21 @@
 """Mixed precision as arcface_torch runs it, driven by CPU autocast: the embedding layer in fp32, the
-GradScaler's growth interval from the config; a model gone non-finite is never evaluated; SphereFace's
-annealing counts optimizer steps under gradient accumulation."""
+GradScaler's growth interval from the config; a resume in another precision starts the loss scale afresh; a
+model gone non-finite is never evaluated; SphereFace's annealing counts optimizer steps under gradient
+accumulation."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
 
 from facetrain.backbones.iresnet import IResNet
 from facetrain.backbones.mobilefacenet import MobileFaceNet
+from facetrain.engine.checkpoint import load_newest_valid
 from facetrain.engine.nonfinite import NonFiniteError
+from facetrain.engine.trainer import Trainer
 from facetrain.config_checks import check_config
 from facetrain.errors import ConfigError
 from tests.test_resilience import _composed
@@ -92,3 +97,47 @@ def test_sphereface_anneals_once_per_optimizer_step_under_grad_accum(tmp_path):
     trainer.fit()
     assert trainer.model.head.inner.iteration.item() == 3  # 6 micro-batches, 3 optimizer steps
     assert make_trainer(Path(tmp_path / "plain"), sharded=False, loss="sphereface", m=4).model.head.iteration.item() == 0
+
+
+FP16, BF16, FP32 = torch.float16, torch.bfloat16, None
+
+
+def _resumed(tmp_path: Path, saved: Optional[torch.dtype], resumed: Optional[torch.dtype], recorded: bool,
+             caplog: pytest.LogCaptureFixture) -> tuple[Trainer, float]:
+    """A 3-step run in ``saved`` precision (fp16: the scale moving at every step), resumed in ``resumed``,
+    and the saved run's last loss scale; ``recorded=False`` loads its checkpoint as one written before the
+    precision was saved."""
+    first = make_trainer(tmp_path, total_steps=3, amp_dtype=saved, growth_interval=1, sharded=False)
+    first.fit()
+    state = load_newest_valid(tmp_path / "checkpoints")[1]
+    if not recorded:
+        state.pop("precision", None)
+    trainer = make_trainer(tmp_path, total_steps=6, amp_dtype=resumed, sharded=False)
+    with caplog.at_level(logging.INFO, logger="facetrain"):
+        trainer.load_state_dict(state)
+    return trainer, first.scaler.get_scale()
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "inferred"])
+@pytest.mark.parametrize(("saved", "resumed", "scale", "told"), [
+    (BF16, FP16, 2.0**16, "bf16"),  # precision=auto, a bf16 job re-queued on a GPU without bf16: not 1
+    (FP32, FP16, 2.0**16, "fp32"),
+    (FP16, BF16, 1.0, "fp16"),  # the fixed scale of bf16, never the fp16 run's
+    (FP16, FP32, 1.0, "fp16"),
+])
+def test_a_resume_in_another_precision_starts_the_loss_scale_afresh(tmp_path, caplog, saved, resumed, scale, told,
+                                                                    recorded):
+    trainer, saved_scale = _resumed(tmp_path, saved, resumed, recorded, caplog)
+    assert saved_scale != scale and trainer.scaler.get_scale() == scale and trainer.scaler.get_growth_interval() == 100
+    if not recorded and told != "fp16":
+        told = "fp32 or bf16"  # a scale fixed at 1 that never grew: all an older checkpoint tells
+    assert f"resume: the checkpoint was trained in {told}, this run in " in caplog.text
+    assert "the loss scale starts afresh" in caplog.text
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "inferred"])
+def test_a_resume_in_the_same_precision_continues_the_loss_scale(tmp_path, caplog, recorded):
+    trainer, saved_scale = _resumed(tmp_path, FP16, FP16, recorded, caplog)
+    assert trainer.scaler.get_scale() == saved_scale != 2.0**16  # moved at each of the 3 steps
+    assert trainer.scaler.get_growth_interval() == 1  # the saved scaler's, as before
+    assert "starts afresh" not in caplog.text

@@ -11,10 +11,13 @@ flag is the *maximum* over the ranks, a 0-d tensor that is 0 or 1.
 """
 from __future__ import annotations
 
-from typing import Optional
+import logging
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("facetrain")
 
 
 class AgreedGradScaler(torch.amp.GradScaler):
@@ -49,3 +52,37 @@ def build_grad_scaler(device: torch.device, dynamic: bool, growth_interval: int)
     """
     scaler = AgreedGradScaler(device.type, init_scale=2.0**16 if dynamic else 1.0, growth_interval=growth_interval)
     return scaler, None if dynamic else 1.0
+
+
+_PRECISIONS = {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def precision_name(amp_dtype: Optional[torch.dtype]) -> str:
+    """``fp32``, ``fp16`` or ``bf16`` for an autocast dtype (None: no autocast), as checkpoints record it."""
+    return _PRECISIONS[amp_dtype]
+
+
+def saved_precision(state: dict[str, Any]) -> str:
+    """The precision a checkpoint's run trained in: recorded, or for an older checkpoint told from its
+    scaler's state: a scale of exactly 1 that never grew is the fixed scale of fp32 and bf16 ("fp32 or bf16");
+    anything else is fp16's dynamic scale."""
+    if "precision" in state:
+        return state["precision"]
+    scaler = state.get("scaler") or {}
+    fixed = not scaler or (scaler["scale"] == 1.0 and scaler["_growth_tracker"] == 0)
+    return "fp32 or bf16" if fixed else "fp16"
+
+
+def load_scaler_state(scaler: AgreedGradScaler, state: dict[str, Any], precision: str) -> None:
+    """Continue a checkpoint's loss scale when its run scaled the loss as this run's ``precision`` does (fp16
+    dynamically, fp32 and bf16 at a fixed 1); otherwise keep ``scaler`` as built and say so. fp16 resumed
+    from bf16 or fp32 would keep their scale of 1 (small gradients underflow for about a thousand steps
+    while it grows); bf16 or fp32 resumed from fp16 would scale their first step by fp16's scale."""
+    saved = saved_precision(state)
+    if (saved == "fp16") == (precision == "fp16"):
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        return
+    log.info(f"resume: the checkpoint was trained in {saved}, this run in {precision}: the loss scale starts afresh "
+             f"at {scaler.get_scale():g}" + (" (fixed)" if precision != "fp16" else "")
+             + (f", not the saved {state['scaler']['scale']:g}" if state["scaler"] else ""))

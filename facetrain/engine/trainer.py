@@ -32,7 +32,7 @@ from facetrain.engine.preemption import Preempted, StopRequest, ignore_stop_sign
 from facetrain.engine.record import RunRecord
 from facetrain.engine.resume import re_express_step
 from facetrain.engine.run_dir import CHECKPOINT_DIR
-from facetrain.engine.scaler import build_grad_scaler
+from facetrain.engine.scaler import build_grad_scaler, load_scaler_state, precision_name
 from facetrain.engine.shards import full_optimizer_state, shard_optimizer_state
 from facetrain.engine.startup import seconds_since_start
 from facetrain.engine.tensorboard import (LOSS_TAG, final_metrics, validation_scalars, write_config, write_gpu_memory,
@@ -396,6 +396,7 @@ class Trainer:
             "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "precision": precision_name(self.s.amp_dtype),
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch,
@@ -452,8 +453,7 @@ class Trainer:
             raise ResumeError(f"the checkpoint does not fit the model: {str(exc).strip().splitlines()[0]}",
                               "resume with the settings the run was started with") from None
         self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+        load_scaler_state(self.scaler, state, precision_name(self.s.amp_dtype))
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.resumed_from = state["step"]
         self.record.load_state_dict(state)
