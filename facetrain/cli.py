@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional
 
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException
 from hydra.types import RunMode
@@ -18,7 +19,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 
 from facetrain.config import register_schemas
 from facetrain.engine.distributed import cleanup, init_distributed, is_collective_failure
-from facetrain.engine.plugins import plugin_missing
+from facetrain.engine.plugins import missing_launcher_command, plugin_missing
 from facetrain.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from facetrain.engine.run_dir import agree_on_run_stamp, register_resolvers
 from facetrain.engine.submitit_jobs import in_submitit_job, leave
@@ -30,6 +31,7 @@ FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 SUBMITIT_SIGNAL_ENV, SUBMITIT_SIGNAL = "SUBMITIT_PREEMPT_SIGNAL", "USR1"
 TRACEBACK_HINT = "set HYDRA_FULL_ERROR=1 for the full traceback"
 PATH_KEYS = ("resume", "init.backbone")  # keys whose value names a run directory
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # the folder train.py composes from
 
 
 _deferred: list[BaseException] = []
@@ -162,6 +164,9 @@ def _root_cause(exc: BaseException) -> BaseException:
     found = [e for e in chain if isinstance(e, (FacetrainError, MissingConfigException))]
     if found:
         return found[-1]
+    launcher = missing_launcher_command(chain)
+    if launcher is not None:
+        return launcher
     omegaconf = [e for e in chain if isinstance(e, OmegaConfBaseException)]
     keyed = [e for e in omegaconf if getattr(e, "full_key", None)]  # formatted with the real value and type
     return keyed[0] if keyed else omegaconf[-1] if omegaconf else chain[0]
@@ -186,6 +191,17 @@ def _first_line(text: str) -> str:
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
 
 
+def group_options(group: str) -> list[str]:
+    """The configs of ``group``: its files in :data:`CONFIG_DIR` and those in Hydra's ConfigStore (Hydra names
+    them for a single choice, ``logger=nope``, but not for a member of a list, ``logger=[tensorboard,nope]``)."""
+    names = {path.stem for path in (CONFIG_DIR / group).glob("*.yaml")}
+    try:
+        names |= {name.removesuffix(".yaml") for name in ConfigStore.instance().list(group) if name.endswith(".yaml")}
+    except OSError:  # no such group in the store
+        pass
+    return sorted(names)
+
+
 def describe_error(exc: BaseException) -> str:
     """One line naming the problem and, where we know it, the fix."""
     cause = _root_cause(exc)
@@ -195,8 +211,9 @@ def describe_error(exc: BaseException) -> str:
         if (missing_plugin := plugin_missing(cause.missing_cfg_file or "")) is not None:
             return str(missing_plugin)
         group, _, choice = (cause.missing_cfg_file or "").rpartition("/")
-        if cause.options:
-            return f"unknown {group} '{choice}'; choose one of: {', '.join(sorted(cause.options))}"
+        options = cause.options or (group_options(group) if group else [])
+        if options:
+            return f"unknown {group} '{choice}'; choose one of: {', '.join(sorted(options))}"
         return f"{_first_line(str(cause))}; check the name and the configs/ folder"
     if isinstance(cause, OmegaConfBaseException):
         key = _full_key(exc)

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from facetrain.cli import describe_error
 from facetrain.config import register_schemas
+from facetrain.engine.plugins import SLURM_COMMANDS
 from facetrain.engine.run_dir import register_resolvers
 from facetrain.engine.sweep import job_labels, sweep_jobs
 from tests.conftest import REPO, SMOKE
@@ -27,9 +28,9 @@ SHORT = [*SMOKE, "trainer.max_steps=2", "eval.at_start=false", "dataset.val_pair
 LOSSES = "loss=arcface,cosface"
 
 
-def train(cwd: Path, *args: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
-    """``python train.py -m <args>`` in ``cwd``, writing under ``cwd/outputs``."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def train(cwd: Path, *args: str, wait: bool = True, path: str | None = None) -> subprocess.CompletedProcess | subprocess.Popen:
+    """``python train.py -m <args>`` in ``cwd``, writing under ``cwd/outputs`` (``path``: its PATH)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"PATH": path} if path is not None else {})}
     env.pop("HYDRA_FULL_ERROR", None)
     command = [sys.executable, str(REPO / "train.py"), "-m", f"output_root={cwd / 'outputs'}", *args]
     if not wait:
@@ -217,3 +218,27 @@ def test_a_bad_sweep_name_is_refused_before_anything_is_written(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "facetrain: error: sweep.name=a/b is not a folder name; pass e.g. sweep.name=heads")
     assert not (tmp_path / "outputs").exists()
+
+
+def path_without_slurm(*extra: Path) -> str:
+    """A PATH of ``extra`` and this machine's PATH less every folder holding a SLURM command."""
+    folders = [folder for folder in os.environ["PATH"].split(os.pathsep)
+               if not any((Path(folder) / command).exists() for command in SLURM_COMMANDS)]
+    return os.pathsep.join([*map(str, extra), *folders])
+
+
+@pytest.mark.parametrize("present", [(), ("srun", "sacct")], ids=["no-slurm", "no-sbatch"])
+def test_the_slurm_launcher_without_slurm_is_one_line_naming_the_missing_commands(tmp_path, present):
+    """submitit stops on a missing srun with a RuntimeError of its own; with srun there, starting sbatch fails."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command in present:  # stand-ins that do nothing
+        (bin_dir / command).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / command).chmod(0o755)
+    result = train(tmp_path, "hydra/launcher=submitit_slurm", *SHORT, path=path_without_slurm(bin_dir))
+    missing = ", ".join(command for command in SLURM_COMMANDS if command not in present)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"facetrain: error: hydra/launcher=submitit_slurm runs SLURM's {missing}, which this machine does not have "
+        "(not on the PATH); run the sweep where SLURM is (a login node), or use hydra/launcher=submitit_local to run "
+        "its jobs on this machine, or run without -m for a single run"]

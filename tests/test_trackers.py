@@ -130,3 +130,13 @@ def test_a_missing_tracker_is_one_line_naming_its_extra(monkeypatch, tmp_path):
         open_trackers(logger, tmp_path, NAME, str(tmp_path), is_main=True)
     assert str(caught.value) == ("logger=mlflow needs facetrain's 'mlflow' extra, which is not installed; "
                                  'pip install -e ".[mlflow]"')
+
+
+@pytest.mark.parametrize("logger", ["[tensorboard,nope]", "[nope]", "nope"])
+def test_an_unknown_logger_is_one_line_naming_the_options(tmp_path, logger):
+    """Hydra names the options of a single choice, not of a member of a list: facetrain names them for both."""
+    result = train(tmp_path, *SMOKE, f"logger={logger}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "facetrain: error: unknown logger 'nope'; choose one of: mlflow, tensorboard, wandb"]
+    assert not (tmp_path / "outputs").exists()

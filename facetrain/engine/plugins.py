@@ -1,5 +1,5 @@
-"""Hydra's optional plugins as facetrain configures them, and the one line naming the ``pip install`` that
-brings a missing plugin or tracker.
+"""Hydra's optional plugins as facetrain configures them, the one line naming the ``pip install`` that brings
+a missing plugin or tracker, and the one line for a launcher whose external commands this machine lacks.
 
 Each plugin stores its own config in Hydra's ConfigStore when Hydra discovers it; :func:`store_plugin_configs`
 runs that discovery first, then stores facetrain's version over it under the same name (the plugin's schema,
@@ -9,9 +9,10 @@ per GPU (:mod:`facetrain.engine.submitit_jobs`), ``hydra/sweeper=optuna`` maximi
 from __future__ import annotations
 
 import importlib
+import shutil
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, Optional
+from types import ModuleType, TracebackType
+from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
@@ -76,3 +77,30 @@ def plugin_missing(config_path: str) -> Optional[ConfigError]:
         return None
     group, name = config_path.rsplit("/", 1)
     return missing_extra(f"{group}={name}", plugin.extra)
+
+
+SLURM_COMMANDS = ("sbatch", "srun", "sacct")  # what submitit runs to submit SLURM jobs and to follow them
+
+
+def missing_launcher_command(chain: Sequence[BaseException]) -> Optional[ConfigError]:
+    """The error for ``hydra/launcher=submitit_slurm`` on a machine without SLURM, given a failure's exception
+    ``chain``: a SLURM command that could not be started, or an error raised in submitit's SLURM code while a
+    SLURM command is not on the PATH (submitit's own check for ``srun``); None for any other failure."""
+    absent = [command for command in SLURM_COMMANDS if shutil.which(command) is None]
+    for error in chain:
+        started = getattr(error, "filename", None) if isinstance(error, FileNotFoundError) else None
+        missing = [started] if started in SLURM_COMMANDS else absent if _raised_in(error, "submitit.slurm") else []
+        if missing:
+            return ConfigError(f"hydra/launcher=submitit_slurm runs SLURM's {', '.join(missing)}, which this machine "
+                               "does not have (not on the PATH)",
+                               "run the sweep where SLURM is (a login node), or use hydra/launcher=submitit_local to run "
+                               "its jobs on this machine, or run without -m for a single run")
+    return None
+
+
+def _raised_in(error: BaseException, package: str) -> bool:
+    """Whether ``error`` was raised by code of ``package`` (its innermost frame's module)."""
+    innermost: Optional[TracebackType] = error.__traceback__
+    while innermost is not None and innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    return innermost is not None and str(innermost.tb_frame.f_globals.get("__name__", "")).startswith(package)
