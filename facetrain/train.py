@@ -22,7 +22,7 @@ from facetrain.engine.model import FaceModel
 from facetrain.engine.optim import build_optimizer, build_scheduler
 from facetrain.engine.resume import (check_same_data, load_resume_state, merge_resume_config, override_keys,
                                      rescale_max_steps)
-from facetrain.engine.run_dir import has_checkpoints
+from facetrain.engine.run_dir import auto_resume_note, has_checkpoints
 from facetrain.engine.sync_bn import sync_batchnorm
 from facetrain.engine.trackers import Tracker, open_trackers
 from facetrain.engine.trainer import Trainer, TrainerSettings
@@ -201,6 +201,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     if (cfg.resume is not None or sweep_job) and has_checkpoints(run_dir):
         checkpoint = load_resume_state(run_dir)
+        if cfg.resume == "auto" and not sweep_job:
+            log.info(auto_resume_note(cfg.output_root, cfg.name, run_dir, checkpoint["step"]))
         cfg = merge_resume_config(cfg, list(HydraConfig.get().overrides.task), checkpoint["config"])
     elif cfg.resume == "auto":
         log.info(f"resume=auto: no earlier run of '{cfg.name}' with a checkpoint, starting a fresh one")

@@ -58,6 +58,15 @@ def test_the_presets_are_all_listed():
     assert sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")) == sorted([*PRESETS, "smoke", "finetune"])
 
 
+def test_every_preset_names_its_runs_after_itself():
+    """resume=auto continues the newest run of the same name: each preset's runs are named after it, apart from
+    every other preset's and from the default run's (python train.py)."""
+    presets = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+    names = {preset: composed(f"experiment={preset}").name for preset in presets}
+    assert all(preset in name for preset, name in names.items()), names
+    assert len(set(names.values())) == len(names) and composed().name not in names.values()
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_composes_as_its_source_states(preset):
     backbone, loss, dataset, optimizer, lr, reference_batch, epochs = PRESETS[preset]

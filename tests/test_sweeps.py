@@ -68,8 +68,8 @@ def check_sweep(sweep: Path) -> None:
     """Two normal run directories named after the run and its overrides, and a summary that agrees with them."""
     jobs = sweep_jobs(sweep)
     dirname = "dataset.val_pairs=20,eval.at_start=False,experiment=smoke,{},trainer.max_steps=2"
-    assert [job.name for job in jobs] == [f"mbf_arcface_synthetic_{dirname.format('loss=arcface')}",
-                                          f"mbf_cosface_synthetic_{dirname.format('loss=cosface')}"]
+    assert [job.name for job in jobs] == [f"smoke_mbf_arcface_synthetic_{dirname.format('loss=arcface')}",
+                                          f"smoke_mbf_cosface_synthetic_{dirname.format('loss=cosface')}"]
     assert not (sweep.parents[2] / "multirun").exists()  # nothing in the current directory
     for job in jobs:
         assert (job / ".hydra" / "config.yaml").is_file() and (job / "train.log").is_file()

@@ -21,7 +21,7 @@ from tests.conftest import REPO, SMOKE
 
 TRACKED = [*SMOKE, "trainer.max_steps=2", "eval.at_start=false", "dataset.val_pairs=20",
            "logger=[tensorboard,mlflow,wandb]", "logger.wandb.mode=offline"]
-NAME = "mbf_arcface_synthetic"
+NAME = "smoke_mbf_arcface_synthetic"  # experiment=smoke names its runs after itself
 
 
 def train(cwd: Path, *args: str) -> subprocess.CompletedProcess:

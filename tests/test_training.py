@@ -121,6 +121,6 @@ def test_ddp_two_processes_share_one_run_dir(run_cli, tmp_path):
 def test_resume_auto_without_an_earlier_run_starts_a_fresh_one(run_cli, tmp_path):
     result = run_cli(*SMOKE, "resume=auto", "trainer.max_steps=2", "eval.at_start=false", "eval.targets=[]")
     assert result.returncode == 0, result.stderr
-    assert "resume=auto: no earlier run of 'mbf_arcface_synthetic' with a checkpoint" in result.stderr
+    assert "resume=auto: no earlier run of 'smoke_mbf_arcface_synthetic' with a checkpoint" in result.stderr
     run_dir = only_run_dir(tmp_path / "outputs")
     assert (run_dir / ".hydra" / "config.yaml").is_file() and _metrics(run_dir)["step"] == 2

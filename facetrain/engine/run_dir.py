@@ -39,10 +39,22 @@ def has_checkpoints(run_dir: Path) -> bool:
     return bool(list_checkpoints(run_dir / CHECKPOINT_DIR))
 
 
+def resumable_runs(output_root: str, name: str) -> list[Path]:
+    """The run directories named ``name`` that hold a checkpoint, oldest first (their names start with the time)."""
+    return sorted(p for p in Path(output_root, name).glob("*") if p.is_dir() and has_checkpoints(p))
+
+
 def newest_run(output_root: str, name: str) -> Optional[Path]:
     """The newest run directory of experiment ``name`` that holds a checkpoint, if any."""
-    runs = sorted(p for p in Path(output_root, name).glob("*") if p.is_dir() and has_checkpoints(p))
+    runs = resumable_runs(output_root, name)
     return runs[-1] if runs else None
+
+
+def auto_resume_note(output_root: str, name: str, run_dir: Path, step: int) -> str:
+    """What ``resume=auto`` continues and why, for train.log and the console."""
+    count = len(resumable_runs(output_root, name))
+    return (f"resume=auto: continuing {run_dir} at step {step} (the newest of {count} run{'s' if count > 1 else ''} "
+            f"named '{name}' with a checkpoint in {Path(output_root, name)}; pass resume=<run_dir> for another)")
 
 
 def fresh_run_dir(output_root: str, name: str) -> str:
