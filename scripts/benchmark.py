@@ -327,7 +327,7 @@ def loose_crop_jpegs(count: int, seed: int = 0) -> tuple[list[bytes], np.ndarray
 
     from facetrain.data.images import encode_jpeg
     from facetrain.data.synthetic_faces import render_face, sample_identity
-    from facetrain.eval.ijb import REFERENCE_LANDMARKS
+    from facetrain.align import ARCFACE_DST
 
     rng = np.random.default_rng(seed)
     jpegs, landmarks = [], []
@@ -336,7 +336,7 @@ def loose_crop_jpegs(count: int, seed: int = 0) -> tuple[list[bytes], np.ndarray
         matrix = np.array([[scale * np.cos(angle), -scale * np.sin(angle), rng.uniform(30, 60)],
                            [scale * np.sin(angle), scale * np.cos(angle), rng.uniform(30, 60)]])
         jpegs.append(encode_jpeg(cv2.warpAffine(render_face(sample_identity(rng), rng), matrix, (250, 250))))
-        landmarks.append(REFERENCE_LANDMARKS @ matrix[:, :2].T + matrix[:, 2])
+        landmarks.append(ARCFACE_DST @ matrix[:, :2].T + matrix[:, 2])
     return jpegs, np.stack(landmarks)
 
 
@@ -344,7 +344,8 @@ def run_ijb(args: argparse.Namespace) -> None:
     from facetrain.backbones import build_backbone
     from facetrain.data.images import decode_image
     from facetrain.eval.embed import embed_batches
-    from facetrain.eval.ijb import FARS, align_face, pair_scores, template_features
+    from facetrain.align import crop
+    from facetrain.eval.ijb import FARS, pair_scores, template_features
     from facetrain.eval.roc import roc, roc_metrics
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -354,7 +355,7 @@ def run_ijb(args: argparse.Namespace) -> None:
     jpegs, landmarks = loose_crop_jpegs(64)
     torch.set_num_threads(1)
     rows.append(("align: decode a 250x250 loose-crop JPEG + 5-point similarity warp (one core)", "images/CPU-s",
-                 rate(lambda: sum(1 for j, lm in zip(jpegs, landmarks) if align_face(decode_image(j), lm) is not None),
+                 rate(lambda: sum(1 for j, lm in zip(jpegs, landmarks) if crop(decode_image(j), lm) is not None),
                       args.seconds)))
     torch.set_num_threads(os.cpu_count() or 1)
     backbone = build_backbone(args.backbone, args.dim).to(device).eval()

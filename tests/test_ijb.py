@@ -1,5 +1,5 @@
-"""IJB-B/C 1:1: the similarity transform, alignment, template pooling as insightface's loops compute
-it, and scripts/eval_ijb.py end to end on a small IJB-style folder written here."""
+"""IJB-B/C 1:1: template pooling as insightface's loops compute it, and scripts/eval_ijb.py end to end on a
+small IJB-style folder written here (the crop itself: tests/test_align_crop.py)."""
 from __future__ import annotations
 
 import json
@@ -15,8 +15,8 @@ from facetrain.data.images import decode_image, encode_jpeg
 from facetrain.data.synthetic_faces import render_face, sample_identity
 from facetrain.errors import DataError
 from facetrain.eval.embed import embed_images
-from facetrain.eval.ijb import (REFERENCE_LANDMARKS, align_face, pair_scores, read_ijb_meta, score_templates,
-                                similarity_transform, template_features)
+from facetrain.align import ARCFACE_DST, crop
+from facetrain.eval.ijb import pair_scores, read_ijb_meta, score_templates, template_features
 from tests.eval_helpers import load_script, write_checkpoint
 
 eval_ijb = load_script("eval_ijb")
@@ -31,44 +31,6 @@ def random_similarity(rng: np.random.Generator, scale=(0.9, 1.3), shift=(15, 45)
 
 def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
-
-
-# ---- alignment --------------------------------------------------------------------------------------
-def test_similarity_transform_inverts_a_known_one():
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        matrix = random_similarity(rng)
-        estimate = similarity_transform(apply(matrix, REFERENCE_LANDMARKS), REFERENCE_LANDMARKS)
-        np.testing.assert_allclose(estimate, cv2.invertAffineTransform(matrix), atol=1e-9)
-
-
-def test_similarity_transform_is_the_least_squares_similarity():
-    """With noisy points it equals the linear least-squares fit of x' = a x - b y + tx, y' = b x + a y + ty."""
-    rng = np.random.default_rng(1)
-    src = REFERENCE_LANDMARKS + rng.normal(0, 3, (5, 2))
-    dst = apply(random_similarity(rng), REFERENCE_LANDMARKS) + rng.normal(0, 3, (5, 2))
-    x, y = src[:, 0], src[:, 1]
-    design = np.concatenate([np.stack([x, -y, np.ones(5), np.zeros(5)], 1), np.stack([y, x, np.zeros(5), np.ones(5)], 1)])
-    (a, b, tx, ty), *_ = np.linalg.lstsq(design, np.concatenate([dst[:, 0], dst[:, 1]]), rcond=None)
-    np.testing.assert_allclose(similarity_transform(src, dst), [[a, -b, tx], [b, a, ty]], atol=1e-9)
-
-
-def test_similarity_transform_never_reflects():
-    src = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    matrix = similarity_transform(src, src * [-1, 1])  # the best fit would be a mirror image
-    assert np.linalg.det(matrix[:, :2]) > 0
-
-
-def test_align_face_undoes_the_loose_crop():
-    rng = np.random.default_rng(2)
-    face = render_face(sample_identity(rng), rng)
-    matrix = random_similarity(rng)
-    loose = cv2.warpAffine(face, matrix, (200, 210), borderValue=0.0)
-    aligned = align_face(loose, apply(matrix, REFERENCE_LANDMARKS))
-    error = np.abs(aligned.astype(int) - face.astype(int))[4:-4, 4:-4]
-    assert error.mean() < 8  # two bilinear resamplings of a noisy image
-    shifted = np.abs(np.roll(face, 3, axis=1).astype(int) - face.astype(int))[4:-4, 4:-4]
-    assert error.mean() < shifted.mean() / 2
 
 
 # ---- an IJB-style folder ----------------------------------------------------------------------------
@@ -98,7 +60,7 @@ def write_ijb_folder(root: Path, target: str = "IJBC", seed: int = 0) -> dict:
                     matrix = random_similarity(rng)
                     loose = cv2.warpAffine(face, matrix, (200, 210), borderValue=0.0)
                     (folder / "loose_crop" / name).write_bytes(encode_jpeg(loose, quality=98))
-                    landmarks = apply(matrix, REFERENCE_LANDMARKS)
+                    landmarks = apply(matrix, ARCFACE_DST)
                     faces.append(face)
                     template_images.setdefault(template, []).append(name)
                     tid_mid.append(f"{name} {template} {media_id + 1000 * identity}\n")
@@ -161,7 +123,7 @@ def ijb(tmp_path_factory) -> dict:
 
 def reference_image_features(ijb: dict) -> tuple[np.ndarray, object]:
     meta = read_ijb_meta(ijb["root"], "IJBC")
-    aligned = np.stack([align_face(decode_image((meta.image_dir / name).read_bytes()), lm)
+    aligned = np.stack([crop(decode_image((meta.image_dir / name).read_bytes()), lm)
                         for name, lm in zip(meta.names, meta.landmarks)])
     return embed_images(ijb["backbone"], aligned, flip="sum"), meta
 

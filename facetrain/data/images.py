@@ -98,3 +98,51 @@ def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """RGB uint8 array -> PNG bytes (lossless)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# EXIF orientation -> how to turn the stored pixels upright (numpy: rot90 turns counter-clockwise)
+_ORIENTATIONS: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag of encoded image bytes (1, upright, when there is none)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # PIL raises many types for what it cannot parse: such a file has no orientation to honour
+        return 1
+    return orientation if orientation in _ORIENTATIONS else 1
+
+
+def decode_photo(data: bytes, what: str = "photo") -> np.ndarray:
+    """A raw photo as it is meant to be seen, RGB uint8 ``[H, W, 3]``: turned upright by its EXIF
+    orientation; grey, CMYK and palette images converted; 16-bit values scaled to 8 bits; transparent
+    pixels blended onto black (the colour of the crop's border). JPEG, PNG, WebP, BMP, TIFF and whatever
+    else OpenCV reads; undecodable bytes raise a :class:`DataError` naming ``what``."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if image is None:
+        raise DataError(f"{what} cannot be decoded", "the file is corrupt or not an image; re-create or remove it")
+    if image.dtype == np.uint16:
+        image = np.round(image / 257.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.round(np.clip(image.astype(np.float64), 0.0, 1.0) * 255).astype(np.uint8)
+    if image.ndim == 2 or image.shape[2] == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif image.shape[2] == 4:
+        alpha = image[..., 3:].astype(np.uint16)
+        image = cv2.cvtColor(((image[..., :3] * alpha + 127) // 255).astype(np.uint8), cv2.COLOR_BGR2RGB)
+    else:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    turn = _ORIENTATIONS.get(exif_orientation(data))
+    return np.ascontiguousarray(turn(image)) if turn is not None else image

@@ -7,9 +7,11 @@ Layout (insightface's): ``<folder>/loose_crop/<image>`` and, for target ``IJBC``
 (``image x1 y1 ... x5 y5 detector_score``, the same images in the same order). ``<folder>`` is
 ``--ijb-root`` or ``--ijb-root/IJBC``.
 
-Each loose crop is aligned to 112x112 by the similarity transform (Umeyama's least squares) that
-maps its five landmarks onto :data:`REFERENCE_LANDMARKS`, embedded with its mirror image (summed),
-and weighted by its detector score. Image features are averaged per media within a template, the
+Each loose crop is aligned to 112x112 by its five landmarks with :func:`facetrain.align.crop`
+(insightface's ``norm_crop`` pixel for pixel), embedded with its mirror image (summed), and weighted by
+its detector score. (``arcface_torch/eval_ijbc.py`` computes its reference points as ``[30.2946, ...] + 8``
+in float32, one coordinate 7.6e-6 px off ``arcface_dst``: two in three of its crops differ from
+``norm_crop``'s in a few pixels.) Image features are averaged per media within a template, the
 media features summed per template and L2-normalised; a pair's score is the cosine of its templates'
 features. TAR at FAR 1e-6 ... 1e-1 by :mod:`facetrain.eval.roc`. Pooling (``index_add``) and scoring
 (matrix products of blocks of templates, on the device) are vectorised: IJB-C's 469k images and
@@ -22,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facetrain.align.crop import crop
+from facetrain.align.template import ARCFACE_DST, BASE_SIZE
 from facetrain.errors import DataError
 from facetrain.eval.embed import FlipMode, embed_files
 from facetrain.eval.feature_cache import array_digest, file_list_digest
@@ -35,10 +38,6 @@ from facetrain.eval.roc import ROC, roc, roc_metrics
 
 TARGETS = ("IJBB", "IJBC")
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-ALIGNED_SIZE = 112
-# ArcFace's 112x112 reference: insightface's 96x112 points shifted 8 pixels right
-REFERENCE_LANDMARKS = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                                [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
 META_FILES = ("face_tid_mid", "template_pair_label", "name_5pts_score")
 
 
@@ -48,37 +47,14 @@ def layout_hint(target: str) -> str:
 
 
 # ---- alignment --------------------------------------------------------------------------------------
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The 2x3 matrix of the rotation + uniform scale + translation that maps points ``src [K,2]``
-    onto ``dst [K,2]`` with the least squared error (Umeyama, TPAMI 1991), never a reflection."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    src_mean, dst_mean = src.mean(0), dst.mean(0)
-    src_c, dst_c = src - src_mean, dst - dst_mean
-    src_var = np.mean(np.sum(src_c**2, axis=1))
-    if src_var == 0:
-        raise ValueError("the source points coincide")
-    u, s, vt = np.linalg.svd(dst_c.T @ src_c / len(src))
-    d = np.array([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt))])
-    rotation = u @ np.diag(d) @ vt
-    scale = float(s @ d) / src_var
-    return np.hstack([scale * rotation, (dst_mean - scale * rotation @ src_mean)[:, None]])
-
-
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
-    """``image`` warped so that its five ``landmarks`` land on the reference points (bilinear,
-    black outside the image, as insightface's ``cv2.warpAffine``)."""
-    matrix = similarity_transform(landmarks, REFERENCE_LANDMARKS * (size / ALIGNED_SIZE))
-    return cv2.warpAffine(image, matrix, (size, size), borderValue=0.0)
-
-
 class Aligner:
     """``prepare`` of :class:`ImageFiles`: align image ``index`` by its landmarks."""
 
-    def __init__(self, landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> None:
+    def __init__(self, landmarks: np.ndarray, size: int = BASE_SIZE) -> None:
         self.landmarks, self.size = landmarks, size
 
     def __call__(self, image: np.ndarray, index: int) -> np.ndarray:
-        return align_face(image, self.landmarks[index], self.size)
+        return crop(image, self.landmarks[index], self.size)
 
 
 # ---- meta files -------------------------------------------------------------------------------------
@@ -167,7 +143,7 @@ def feature_key(meta: IJBMeta) -> dict[str, Any]:
     cache: the images (names, sizes, modification times), the landmarks (their values: a corrected landmarks
     file makes new features) and the alignment (reference points, crop size)."""
     return {"images": file_list_digest(meta.image_dir, meta.names), "landmarks": array_digest(meta.landmarks),
-            "alignment": {"reference": REFERENCE_LANDMARKS.tolist(), "size": ALIGNED_SIZE}}
+            "alignment": {"reference": ARCFACE_DST.tolist(), "size": BASE_SIZE, "crop": "norm_crop"}}
 
 
 def template_features(features: np.ndarray, templates: np.ndarray, medias: np.ndarray,
