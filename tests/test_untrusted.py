@@ -1,11 +1,16 @@
 """Files from strangers never run code: a crafted verification .bin or checkpoint, whose unpickling would
-create a marker file, is refused with one line at every entry point, and the marker never appears. Real
-files of every layout still load; FACETRAIN_TRUST_PICKLES lets a listed file through, with a warning."""
+create a marker file, is refused with one line at every entry point, and the marker never appears. Nor do
+they make more than their own bytes: numpy arrays view exactly the file's data, dtypes take no state but
+their byte order, a checkpoint's only numpy array is its random state's 624 words, and images and counts
+are bounded by the file. Real files of every layout still load (format-2 checkpoints resume);
+FACETRAIN_TRUST_PICKLES lets a listed file through, with a warning. tests/test_untrusted_fuzz.py tries many
+more crafted files."""
 from __future__ import annotations
 
 import fractions
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +20,16 @@ import torch
 import facetrain
 from facetrain.data import load_verification_bin
 from facetrain.data.images import encode_jpeg
-from facetrain.engine.checkpoint import FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from facetrain.errors import DataError
-from facetrain.untrusted import TRUST_ENV, UnsafeFileError
+from facetrain.engine.checkpoint import (FORMAT_VERSION, checksum_path, load_checkpoint, newest_checkpoint, rng_state,
+                                         save_checkpoint, set_rng_state)
+from facetrain.errors import DataError, ResumeError
+from facetrain.untrusted import TRUST_ENV, UnsafeFileError, load_data_pickle
 from tests.conftest import SMOKE
+from tests.crafted_pickles import (UINT8, UINT32, WORDS, array, call, dtype, fields_state, format_2_checkpoint, global_,
+                                   ndarray_call, pickle_of, plain_state, python2_array, python2_str, recalled, remembered)
 from tests.data_helpers import face
 from tests.eval_helpers import load_script, write_checkpoint
+from tests.trainer_helpers import final_weights, make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,7 +83,8 @@ def test_every_real_bin_layout_loads(tmp_path, protocol):
 def test_numpy_arrays_of_objects_are_refused(tmp_path):
     path = tmp_path / "objects.bin"
     path.write_bytes(pickle.dumps((np.array([b"x", 1], dtype=object), [True]), protocol=4))
-    with pytest.raises(DataError, match=r"is not a verification .bin \(UnpicklingError: numpy dtype object"):
+    with pytest.raises(UnsafeFileError, match=rf"^{path} refused: it holds the numpy dtype object \(not a plain number "
+                                              r"type\); a verification .bin holds only images and labels"):
         load_verification_bin(path)
 
 
@@ -107,6 +117,101 @@ def test_checkpoints_hold_no_globals_and_format_2_still_loads(tmp_path):
     set_rng_state(loaded["rng"][0])
     assert np.array_equal(np.random.random(3), expected)
     assert FORMAT_VERSION == 3 and load_checkpoint(path)["format_version"] == 3
+
+
+def test_python2_numpy_arrays_load_encoded_and_decoded(tmp_path):
+    """Python 2's numpy pickles: 1-D uint8 arrays of JPEG bytes and HxWx3 uint8 images, their strings ``str``."""
+    raw = [face(1), face(2)]
+    entries = [python2_array(np.frombuffer(encode_jpeg(raw[0]), np.uint8)), python2_array(raw[1]),
+               python2_str(encode_jpeg(raw[0])), python2_array(raw[1])]
+    path = tmp_path / "py2.bin"
+    path.write_bytes(pickle_of((entries, [True, False])))
+    images, issame = load_verification_bin(path)
+    assert images.shape == (4, 112, 112, 3) and np.array_equal(images[1], raw[1]) and np.array_equal(images[0], images[2])
+    assert issame.tolist() == [True, False]
+
+
+# ---- what a file's bytes can make ------------------------------------------------------------------------
+def one_line_refusal(path: Path, reason: str) -> str:
+    holds = "a (verification .bin|facetrain checkpoint) holds only"
+    return rf"^{re.escape(str(path))} refused: {re.escape(reason)}[^\n]*; {holds}[^\n]*$"
+
+
+@pytest.mark.parametrize("entry, reason", [
+    (ndarray_call((2000, 2000, 3), UINT8, b"x", 0, (0, 0, 0)), "it calls numpy.ndarray"),  # 12 MB over one byte
+    (call(global_("builtins", "bytearray"), 2**24), "it calls bytearray(int)"),
+], ids=["zero strides", "bytearray of a size"])
+def test_a_bin_makes_no_array_beyond_its_own_bytes(tmp_path, entry, reason):
+    path = tmp_path / "crafted.bin"
+    path.write_bytes(pickle_of(([entry, entry], [True])))
+    assert path.stat().st_size < 400
+    with pytest.raises(UnsafeFileError, match=one_line_refusal(path, reason)):
+        load_verification_bin(path)
+
+
+def test_image_sizes_and_counts_are_bounded_by_the_file(tmp_path):
+    wide, repeated = tmp_path / "wide.bin", tmp_path / "repeated.bin"
+    wide.write_bytes(pickle_of(([array((1, 2000, 3), UINT8, bytes(6000))] * 2, [True])))
+    with pytest.raises(DataError, match=rf"^image 0 of {re.escape(str(wide))} is 2000x1 pixels; .*at most 1024"):
+        load_verification_bin(wide)
+    repeated.write_bytes(pickle_of(([remembered(encode_jpeg(face(1)), 0)] + [recalled(0)] * 1999, [True] * 1000)))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(repeated))} would decode to 72 MiB \(2000 images of 112x112\), "
+                                        r"more than 256 times its \d+ bytes"):
+        load_verification_bin(repeated)
+
+
+def test_a_dtype_takes_from_the_file_its_byte_order_and_nothing_else(tmp_path):
+    path = tmp_path / "fields.bin"
+    # numpy's own dtype.__setstate__ would give each 1-byte element a uint64 field 1 MiB past it
+    fields = fields_state("|", dtype("u8", plain_state("<")), 2**20, 1)
+    path.write_bytes(pickle_of(([array((112, 112, 3), dtype("u1", fields), bytes(112 * 112 * 3))] * 2, [True])))
+    reason = "it sets the numpy dtype uint8 to the state (3, '|', None, ('f',), "
+    with pytest.raises(UnsafeFileError, match=one_line_refusal(path, reason)):
+        load_verification_bin(path)
+    path.write_bytes(pickle_of(array((2,), dtype("u4", plain_state(">")), b"\0\0\0\1\0\0\0\2")))
+    big_endian = load_data_pickle(path, "a test array")
+    assert big_endian.dtype == np.dtype(">u4") and big_endian.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("keys, reason", [
+    (array((624,), dtype("u4", fields_state("<", UINT32, 2**20, 4)), WORDS), "it sets the numpy dtype uint32 to the state"),
+    (array((2,), dtype("O"), [b"x", 1]), "it holds the numpy dtype object (not a plain number type)"),
+    (ndarray_call((2**40,), UINT32, b"\0" * 4, 0, (0,)), "it calls numpy.ndarray"),  # 4 TiB over 4 bytes
+    (array((625,), UINT32, WORDS + bytes(4)), "it holds a numpy array of shape (625,) uint32 (a checkpoint's only numpy "
+                                              "array is its random state's 624 uint32 words)"),
+], ids=["field dtype outside its element", "object array", "4 TiB of zero strides", "625 words"])
+def test_a_checkpoint_holds_no_numpy_but_its_random_state_words(tmp_path, keys, reason):
+    path = format_2_checkpoint(tmp_path / "run" / "checkpoints" / "step_000000001.pt", keys)
+    for load in (load_checkpoint, facetrain.load_backbone):
+        with pytest.raises(UnsafeFileError, match=one_line_refusal(path, reason)):
+            load(path)
+
+
+def test_random_state_keys_of_another_size_are_refused_before_they_are_read(tmp_path):
+    state = rng_state()
+    name, keys, *rest = state["numpy"]
+    state["numpy"] = (name, torch.zeros(1, dtype=torch.int64).expand(2**40), *rest)  # 8 TiB viewing 8 bytes
+    loaded = load_checkpoint(save_checkpoint({"rng": [state]}, tmp_path / "step_000000001.pt"))
+    with pytest.raises(ResumeError, match=r"^the checkpoint's numpy random state has keys of shape \(1099511627776,\), "
+                                          r"not numpy's 624 words"):
+        set_rng_state(loaded["rng"][0])
+
+
+def test_a_format_2_checkpoint_of_older_facetrain_loads_and_resumes(tmp_path):
+    make_trainer(tmp_path / "straight", total_steps=4).fit()
+    make_trainer(tmp_path / "old", total_steps=2).fit()
+    path = newest_checkpoint(tmp_path / "old" / "checkpoints")
+    state = load_checkpoint(path, mmap=False)  # not mapped: it is rewritten in place
+    # as facetrain wrote it until 2026-11: the numpy random state as np.random.get_state() gives it
+    old_numpy = [(name, keys.numpy().astype(np.uint32), *rest) for name, keys, *rest in (rng["numpy"] for rng in state["rng"])]
+    torch.save({**state, "format_version": 2, "rng": [{**rng, "numpy": n} for rng, n in zip(state["rng"], old_numpy)]}, path)
+    checksum_path(path).unlink()
+    resumed = make_trainer(tmp_path / "old", total_steps=4)
+    resumed.load_state_dict(load_checkpoint(path))
+    assert np.array_equal(np.random.get_state()[1], old_numpy[0][1]) and np.random.get_state()[2] == old_numpy[0][2]
+    resumed.fit()
+    straight, split = final_weights(tmp_path / "straight"), final_weights(tmp_path / "old")
+    assert straight.keys() == split.keys() and all(torch.equal(straight[k], split[k]) for k in straight)
 
 
 def test_a_listed_file_loads_with_full_pickle_and_a_warning(tmp_path, monkeypatch, caplog):

@@ -1,16 +1,23 @@
 """insightface verification sets (``lfw.bin``, ``cfp_fp.bin``, ...): a pickle of ``(bins, issame_list)``."""
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from PIL import Image
 
 from facetrain.data.images import decode_image
 from facetrain.errors import DataError
 from facetrain.untrusted import UnsafeFileError, load_data_pickle
+
+MAX_SIDE = 1024  # pixels: well above any verification set's face crops (112x112)
+MAX_EXPANSION = 256  # decoded bytes per byte of the file: encoded face crops decode to about 5-10 times their size
+_FIX = "use a pickle of (images, issame_list) as insightface writes them"
 
 
 def load_verification_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -24,40 +31,119 @@ def load_verification_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarr
 
 
 def read_verification_bin(path: str | os.PathLike) -> tuple[list, np.ndarray]:
-    """``(entries, issame bool [P])`` of a ``.bin``, its images still encoded (checked, not decoded)."""
+    """``(entries, issame bool [P])`` of a ``.bin``, its images still encoded (checked, not decoded).
+
+    Refused in one line: entries other than encoded image bytes or uint8 ``HxWx3`` arrays, labels other than
+    bools, images over :data:`MAX_SIDE` pixels a side, and sets that would decode to more than
+    :data:`MAX_EXPANSION` times the file's size.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"verification set {path} does not exist",
                         "check eval.targets and dataset.root (or pass the .bin path)")
-    fix = "use a pickle of (images, issame_list) as insightface writes them"
     try:
         content = load_data_pickle(path, "a verification .bin holds only images and labels")
     except UnsafeFileError:
         raise
+    except MemoryError:
+        raise DataError(f"{path} is not a verification .bin (it declares an object larger than this machine's "
+                        "memory)", _FIX) from None
     except Exception as exc:
-        raise DataError(f"{path} is not a verification .bin ({exc.__class__.__name__}: {exc})", fix) from None
+        raise DataError(f"{path} is not a verification .bin ({exc.__class__.__name__}: {exc})", _FIX) from None
     if not (isinstance(content, (tuple, list)) and len(content) == 2
-            and all(isinstance(part, (list, tuple, np.ndarray)) for part in content)):
+            and all(isinstance(part, (list, tuple)) or isinstance(part, np.ndarray) and part.ndim > 0 for part in content)):
         raise DataError(f"{path} is not a verification .bin (it holds a {type(content).__name__}, "
-                        "not a pair of lists)", fix)
-    bins, issame = content
+                        "not a pair of lists)", _FIX)
+    bins, issame = list(content[0]), _labels(content[1], path)
     if len(bins) != 2 * len(issame):
         raise DataError(f"{path} has {len(bins)} images for {len(issame)} pairs",
                         "a verification .bin holds exactly two images per pair")
-    return list(bins), np.asarray(issame, dtype=bool)
+    if not bins:
+        raise DataError(f"{path} holds no pairs", _FIX)
+    for i, entry in enumerate(bins):
+        _check_entry(entry, f"image {i} of {path}")
+    _check_decoded_size(bins, path)
+    return bins, issame
 
 
 def decode_verification_images(bins: list, path: str | os.PathLike) -> np.ndarray:
-    """The entries of :func:`read_verification_bin` as uint8 RGB ``[2P, H, W, 3]``."""
-    return np.stack([_as_image(entry, f"image {i} of {path}") for i, entry in enumerate(bins)])
+    """The entries of :func:`read_verification_bin` as uint8 RGB ``[2P, H, W, 3]``: every image the size of
+    the first, each checked before it is decoded; an entry the file repeats is decoded once."""
+    height, width = _image_size(bins[0], f"image 0 of {path}")
+    images = np.empty((len(bins), height, width, 3), np.uint8)
+    first_index: dict[int, int] = {}
+    for i, entry in enumerate(bins):
+        first = first_index.setdefault(id(entry), i)
+        images[i] = images[first] if first < i else _as_image(entry, f"image {i} of {path}", (height, width))
+    return images
 
 
-def _as_image(entry: object, what: str) -> np.ndarray:
-    if isinstance(entry, np.ndarray) and entry.dtype == np.uint8 and entry.ndim == 3:
-        return entry
-    if isinstance(entry, np.ndarray):  # insightface stores encoded bytes as 1-D uint8 arrays too
-        entry = entry.tobytes()
-    return decode_image(bytes(entry), what)
+def _labels(issame: object, path: Path) -> np.ndarray:
+    if isinstance(issame, np.ndarray):
+        plain = issame.ndim == 1 and issame.dtype.kind in "biu"
+    else:
+        plain = all(isinstance(label, (bool, int, np.bool_, np.integer)) and label in (0, 1) for label in issame)
+    if not plain:
+        raise DataError(f"{path} is not a verification .bin (its pair labels are not bools)", _FIX)
+    return np.asarray(issame, dtype=bool)
+
+
+def _check_entry(entry: object, what: str) -> None:
+    if isinstance(entry, (bytes, bytearray)):
+        return
+    encoded_or_rgb = isinstance(entry, np.ndarray) and (entry.ndim == 1 or entry.ndim == 3 and entry.shape[2] == 3)
+    if encoded_or_rgb and entry.dtype == np.uint8:
+        return  # insightface stores encoded bytes as 1-D uint8 arrays too
+    held = f"a {entry.dtype} array of shape {entry.shape}" if isinstance(entry, np.ndarray) else f"of type {type(entry).__name__}"
+    raise DataError(f"{what} is {held}, not encoded image bytes or a uint8 HxWx3 array", _FIX)
+
+
+def _check_decoded_size(bins: list, path: Path) -> None:
+    height, width = _image_size(bins[0], f"image 0 of {path}")
+    decoded, file_size = len(bins) * height * width * 3, path.stat().st_size
+    if decoded > MAX_EXPANSION * file_size:
+        raise DataError(f"{path} would decode to {decoded / 2**20:.0f} MiB ({len(bins)} images of {width}x{height}), "
+                        f"more than {MAX_EXPANSION} times its {file_size} bytes",
+                        "a verification .bin holds each image's encoded bytes (face crops decode to about 5-10 times "
+                        "their size); for a pair list that repeats images many times, evaluate it with --pairs")
+
+
+def _encoded(entry: bytes | bytearray | np.ndarray) -> bytes:
+    return entry.tobytes() if isinstance(entry, np.ndarray) else bytes(entry)
+
+
+def _image_size(entry: bytes | bytearray | np.ndarray, what: str) -> tuple[int, int]:
+    """``(height, width)`` of an entry from its array shape or its encoded header, without decoding it."""
+    if isinstance(entry, np.ndarray) and entry.ndim == 3:
+        height, width = entry.shape[:2]
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+                with Image.open(io.BytesIO(_encoded(entry))) as image:
+                    width, height = image.size
+        except Exception as exc:  # PIL raises several unrelated types for bad bytes
+            raise DataError(f"{what} cannot be decoded ({exc.__class__.__name__}: {exc})",
+                            "the file is corrupt or not an image; re-create it") from None
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise DataError(f"{what} is {width}x{height} pixels; a verification set holds face crops "
+                        f"(at most {MAX_SIDE} pixels a side)", _FIX)
+    return height, width
+
+
+def _as_image(entry: bytes | bytearray | np.ndarray, what: str, size: tuple[int, int]) -> np.ndarray:
+    """The entry as an RGB ``[H, W, 3]`` array of ``size``, its header checked before it is decoded."""
+    if not (isinstance(entry, np.ndarray) and entry.ndim == 3):
+        _check_same_size(_image_size(entry, what), size, what)
+        entry = decode_image(_encoded(entry), what)
+    _check_same_size(entry.shape[:2], size, what)
+    return entry
+
+
+def _check_same_size(found: tuple[int, ...], size: tuple[int, int], what: str) -> None:
+    if tuple(found) != size:
+        raise DataError(f"{what} is {found[1]}x{found[0]} pixels, image 0 is {size[1]}x{size[0]}",
+                        "a verification .bin holds images of one size; re-create it")
 
 
 def save_verification_bin(target: str | os.PathLike | BinaryIO, encoded_images: list[bytes], issame: list[bool]) -> None:

@@ -7,8 +7,9 @@ renamed. A file whose digest does not match its sidecar, or that torch cannot re
 
 A checkpoint holds only tensors and plain Python values (format 3: the numpy random state is stored as
 a tensor), and is loaded with torch's ``weights_only`` loader: a file that would import anything else
-(run code) is refused (:mod:`facetrain.untrusted`). Format 2 files hold numpy arrays in their random
-state; exactly numpy's array reconstruction globals are allowed for them.
+(run code) is refused (:mod:`facetrain.untrusted`). Format 2 files hold the numpy random state as numpy's
+own tuple: its array is read through checked stand-ins for numpy's globals, which accept exactly 624
+uint32 words taken from the file's bytes, and nothing else.
 """
 from __future__ import annotations
 
@@ -25,14 +26,10 @@ import torch
 
 from facetrain.engine.atomic import atomic_write, remove_stale_temps
 from facetrain.errors import FacetrainError, ResumeError
-from facetrain.untrusted import load_torch_file
+from facetrain.untrusted import FileArray, Refused, load_torch_file, numpy_array_globals
 
 FORMAT_VERSION = 3
 HOLDS = "a facetrain checkpoint holds only tensors and plain values"
-# what a format-2 checkpoint's numpy random state needs, under numpy 1's and numpy 2's module names
-_NUMPY_CORE = getattr(np, "_core", None) or np.core
-NUMPY_ARRAY_GLOBALS = [(_NUMPY_CORE.multiarray._reconstruct, f"{module}.multiarray._reconstruct")
-                       for module in ("numpy.core", "numpy._core")] + [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 BEST_NAME = "best.pt"
 CHECKSUM_SUFFIX = ".sha256"
 CORRUPT_SUFFIX = ".corrupt"
@@ -40,6 +37,19 @@ _NAME = re.compile(r"^step_(\d+)\.pt$")
 _CHUNK = 1 << 20
 
 log = logging.getLogger("facetrain")
+
+
+class _RandomStateKeys(FileArray):
+    """The one numpy array a format-2 checkpoint holds: the 624 uint32 words of numpy's legacy random state."""
+
+    def check(self, array: np.ndarray) -> None:
+        if array.dtype.kind != "u" or array.dtype.itemsize != 4 or array.shape != (624,):
+            raise Refused(f"it holds a numpy array of shape {array.shape} {array.dtype} (a checkpoint's only "
+                          "numpy array is its random state's 624 uint32 words)")
+
+
+# what a format-2 checkpoint's numpy random state needs (numpy 1's and 2's names), bound to checked stand-ins
+NUMPY_ARRAY_GLOBALS = [(stand_in, name) for name, stand_in in numpy_array_globals(_RandomStateKeys).items()]
 
 
 class CheckpointError(FacetrainError):
@@ -184,6 +194,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore :func:`rng_state` (or a format-2 checkpoint's, whose numpy keys are an array)."""
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
+    shape = tuple(getattr(keys, "shape", ()))
+    if shape != (624,):  # checked before converting: a tensor of any size can view a few bytes (zero strides)
+        raise ResumeError(f"the checkpoint's numpy random state has keys of shape {shape}, not numpy's 624 words",
+                          "resume from a checkpoint facetrain wrote; this one is corrupt or crafted")
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
