@@ -8,6 +8,7 @@ more crafted files."""
 from __future__ import annotations
 
 import fractions
+import io
 import os
 import pickle
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import facetrain
 from facetrain.data import load_verification_bin
@@ -158,6 +160,21 @@ def test_image_sizes_and_counts_are_bounded_by_the_file(tmp_path):
     with pytest.raises(DataError, match=rf"^{re.escape(str(repeated))} would decode to 72 MiB \(2000 images of 112x112\), "
                                         r"more than 256 times its \d+ bytes"):
         load_verification_bin(repeated)
+
+
+def test_sizes_are_read_from_headers_as_the_decoder_turns_the_images(tmp_path):
+    """A header gives the stored size; the decoder turns an image upright by its EXIF orientation (W x H)."""
+    def turned_jpeg(value: int) -> bytes:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((96, 112, 3), value, np.uint8)).save(buffer, "JPEG", exif=exif.tobytes())
+        return buffer.getvalue()
+
+    path = tmp_path / "turned.bin"
+    path.write_bytes(pickle.dumps(([turned_jpeg(v) for v in (0, 80, 160, 240)], [True, False])))
+    images, _ = load_verification_bin(path)
+    assert images.shape == (4, 112, 96, 3) and images[3].min() > 200
 
 
 def test_a_dtype_takes_from_the_file_its_byte_order_and_nothing_else(tmp_path):

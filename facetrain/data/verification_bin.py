@@ -6,7 +6,7 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Optional
 
 import numpy as np
 from PIL import Image
@@ -69,12 +69,13 @@ def read_verification_bin(path: str | os.PathLike) -> tuple[list, np.ndarray]:
 def decode_verification_images(bins: list, path: str | os.PathLike) -> np.ndarray:
     """The entries of :func:`read_verification_bin` as uint8 RGB ``[2P, H, W, 3]``: every image the size of
     the first, each checked before it is decoded; an entry the file repeats is decoded once."""
-    height, width = _image_size(bins[0], f"image 0 of {path}")
-    images = np.empty((len(bins), height, width, 3), np.uint8)
-    first_index: dict[int, int] = {}
-    for i, entry in enumerate(bins):
-        first = first_index.setdefault(id(entry), i)
-        images[i] = images[first] if first < i else _as_image(entry, f"image {i} of {path}", (height, width))
+    first = _as_image(bins[0], f"image 0 of {path}")
+    images = np.empty((len(bins), *first.shape), np.uint8)
+    images[0] = first
+    first_index = {id(bins[0]): 0}
+    for i, entry in enumerate(bins[1:], start=1):
+        earlier = first_index.setdefault(id(entry), i)
+        images[i] = images[earlier] if earlier < i else _as_image(entry, f"image {i} of {path}", first.shape[:2])
     return images
 
 
@@ -131,19 +132,20 @@ def _image_size(entry: bytes | bytearray | np.ndarray, what: str) -> tuple[int, 
     return height, width
 
 
-def _as_image(entry: bytes | bytearray | np.ndarray, what: str, size: tuple[int, int]) -> np.ndarray:
-    """The entry as an RGB ``[H, W, 3]`` array of ``size``, its header checked before it is decoded."""
-    if not (isinstance(entry, np.ndarray) and entry.ndim == 3):
-        _check_same_size(_image_size(entry, what), size, what)
-        entry = decode_image(_encoded(entry), what)
-    _check_same_size(entry.shape[:2], size, what)
-    return entry
+def _as_image(entry: bytes | bytearray | np.ndarray, what: str, size: Optional[tuple[int, ...]] = None) -> np.ndarray:
+    """The entry as an RGB ``[H, W, 3]`` array (``size`` when given), its size checked before it is decoded."""
+    declared = _image_size(entry, what)
+    if size is not None and sorted(declared) != sorted(size):  # an EXIF orientation may turn it: (w, h)
+        _refuse_other_size(declared, size, what)
+    image = entry if isinstance(entry, np.ndarray) and entry.ndim == 3 else decode_image(_encoded(entry), what)
+    if size is not None and image.shape[:2] != tuple(size):
+        _refuse_other_size(image.shape[:2], size, what)
+    return image
 
 
-def _check_same_size(found: tuple[int, ...], size: tuple[int, int], what: str) -> None:
-    if tuple(found) != size:
-        raise DataError(f"{what} is {found[1]}x{found[0]} pixels, image 0 is {size[1]}x{size[0]}",
-                        "a verification .bin holds images of one size; re-create it")
+def _refuse_other_size(found: tuple[int, ...], size: tuple[int, ...], what: str) -> None:
+    raise DataError(f"{what} is {found[1]}x{found[0]} pixels, image 0 is {size[1]}x{size[0]}",
+                    "a verification .bin holds images of one size; re-create it")
 
 
 def save_verification_bin(target: str | os.PathLike | BinaryIO, encoded_images: list[bytes], issame: list[bool]) -> None:
