@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from facetrain.align.detectors.scrfd import SCRFD
 from facetrain.align.detectors.yunet import YuNet
 from facetrain.align.model_file import YUNET_FILE, verified_model
 from facetrain.errors import ConfigError, ModelError
-from tests.align_helpers import FACES_IN, PHOTO_NAMES, photo
+from tests.align_helpers import FACES_IN, PHOTO_NAMES, StandInSession, photo
 
 SCRFD_MODEL = Path(os.environ.get("FACETRAIN_SCRFD_MODEL", Path.home() / ".insightface/models/buffalo_l/det_10g.onnx"))
 
@@ -104,44 +103,6 @@ def test_a_user_model_that_is_not_yunet_is_a_one_line_error(tmp_path):
 
 
 # ---- SCRFD --------------------------------------------------------------------------------------------
-class StandInSession:
-    """Plays an SCRFD model with keypoints (3 strides, 2 anchors, 640x640 input) that sees one face: the
-    stride-16 anchor at ``cell`` answers with ``box`` and ``points`` (network-input pixels); it records the
-    blob it was given."""
-
-    def __init__(self, cell: tuple[int, int], box: np.ndarray, points: np.ndarray) -> None:
-        self.cell, self.box, self.points, self.blob = cell, box, points, None
-
-    def get_inputs(self):
-        return [SimpleNamespace(name="input.1", shape=[1, 3, 640, 640])]
-
-    def get_outputs(self):
-        return [SimpleNamespace(name=f"out{i}", shape=[1, 1]) for i in range(9)]
-
-    def get_providers(self):
-        return ["CPUExecutionProvider"]
-
-    def set_providers(self, providers):
-        pass
-
-    def run(self, names, feed):
-        self.blob = feed["input.1"]
-        outputs = {kind: [] for kind in ("score", "box", "kps")}
-        for stride in (8, 16, 32):
-            cells = 640 // stride
-            score, box, kps = np.zeros((cells * cells * 2, 1), np.float32), np.zeros((cells * cells * 2, 4), np.float32), \
-                np.zeros((cells * cells * 2, 10), np.float32)
-            if stride == 16:
-                row = (self.cell[1] * cells + self.cell[0]) * 2
-                centre = np.array(self.cell, np.float32) * stride
-                score[row] = 0.9
-                box[row] = np.concatenate([centre - self.box[:2], self.box[2:] - centre]) / stride
-                kps[row] = (self.points - centre).reshape(10) / stride
-            for kind, value in zip(outputs, (score, box, kps)):
-                outputs[kind].append(value)
-        return outputs["score"] + outputs["box"] + outputs["kps"]
-
-
 def test_scrfd_wrapper_feeds_bgr_and_maps_the_face_back_to_photo_pixels():
     """A 1280x886 photo is letterboxed to 640x443 (scale 0.5): a face the stand-in model sees at network
     pixels comes back at twice those, points in the order given, and the blob holds the photo's red channel
@@ -150,7 +111,7 @@ def test_scrfd_wrapper_feeds_bgr_and_maps_the_face_back_to_photo_pixels():
     image[..., 0] = 200  # red
     box = np.array([140, 80, 200, 160], np.float32)
     points = np.array([[155, 110], [185, 110], [170, 125], [158, 140], [182, 140]], np.float32)
-    session = StandInSession((11, 7), box, points)
+    session = StandInSession([((11, 7), box, points, 0.9)])
     faces = SCRFD(DetectorSettings(input_size=640), session=session).detect(image)
     assert len(faces) == 1
     np.testing.assert_allclose(faces[0].box, box / 0.5, atol=1e-3)
