@@ -14,6 +14,7 @@ import pickle
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,7 @@ from PIL import Image
 
 import facetrain
 from facetrain.data import load_verification_bin
-from facetrain.data.images import encode_jpeg
+from facetrain.data.images import encode_jpeg, encode_png
 from facetrain.engine.checkpoint import (FORMAT_VERSION, checksum_path, load_checkpoint, newest_checkpoint, rng_state,
                                          save_checkpoint, set_rng_state)
 from facetrain.errors import DataError, ResumeError
@@ -160,6 +161,20 @@ def test_image_sizes_and_counts_are_bounded_by_the_file(tmp_path):
     with pytest.raises(DataError, match=rf"^{re.escape(str(repeated))} would decode to 72 MiB \(2000 images of 112x112\), "
                                         r"more than 256 times its \d+ bytes"):
         load_verification_bin(repeated)
+
+
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"optimize": True, "quality": 40}, {"subsampling": 0}])
+def test_jpegs_of_every_layout_and_pngs_load(tmp_path, options):
+    image = face(5)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", **options)
+    grey = io.BytesIO()
+    Image.fromarray(image[..., 1]).save(grey, "JPEG", **options)
+    entries = [buffer.getvalue(), grey.getvalue(), encode_png(image), cv2.imencode(".jpg", image[..., ::-1])[1].tobytes()]
+    path = tmp_path / "layouts.bin"
+    path.write_bytes(pickle.dumps((entries, [True, False])))
+    images, _ = load_verification_bin(path)
+    assert images.shape == (4, 112, 112, 3) and np.array_equal(images[2], image)
 
 
 def test_sizes_are_read_from_headers_as_the_decoder_turns_the_images(tmp_path):

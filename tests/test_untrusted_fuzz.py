@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import struct
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from facetrain.data import load_verification_bin
-from facetrain.data.images import encode_jpeg
+from facetrain.data.images import encode_jpeg, encode_png
 from facetrain.engine.checkpoint import load_checkpoint
 from facetrain.errors import FacetrainError
 from tests.crafted_pickles import (UINT8, UINT32, WORDS, Ops, array, build, call, dtype, fields_state, format_2_checkpoint,
@@ -90,6 +91,14 @@ def jpeg_claiming(height: int, width: int) -> bytes:
     return bytes(data)
 
 
+def png_claiming(height: int, width: int) -> bytes:
+    """A real 112x112 PNG whose IHDR chunk claims ``height x width`` (with a matching checksum)."""
+    data = bytearray(encode_png(face(1)))
+    data[16:24] = struct.pack(">II", width, height)  # after the signature (8), the chunk's length (4) and type (4)
+    data[29:33] = struct.pack(">I", zlib.crc32(data[12:29]))  # over the type and 13 bytes of IHDR
+    return bytes(data)
+
+
 def nested(depth: int) -> Ops:
     return Ops(b"]" * depth + b"a" * (depth - 1))  # each list appended to the one before it
 
@@ -133,8 +142,8 @@ BIN_CASES: dict[str, tuple[bytes, str]] = {
     "many references to one image": (pickle_of(([remembered(encode_jpeg(face(1)), 0)] + [recalled(0)] * 49_999,
                                                 [True] * 25_000)), "would decode to 1794 MiB (50000 images of 112x112)"),
     "a header claiming 3000x3000": (one_entry_bin(value(jpeg_claiming(3000, 3000))), "is 3000x3000 pixels"),
-    "a header claiming 30000x30000": (one_entry_bin(value(jpeg_claiming(30000, 30000))),
-                                      "cannot be decoded (DecompressionBombError"),  # PIL's own refusal, above 178 M pixels
+    "a header claiming 65535x65535": (one_entry_bin(value(jpeg_claiming(65535, 65535))), "is 65535x65535 pixels"),
+    "a PNG header claiming 5000x5000": (one_entry_bin(value(png_claiming(5000, 5000))), "is 5000x5000 pixels"),
     "an array 2000 wide": (one_entry_bin(array((1, 2000, 3), UINT8, bytes(6000))), "is 2000x1 pixels"),
     "an empty image": (one_entry_bin(array((0, 2**40, 3), UINT8, b"")), "is 1099511627776x0 pixels"),
     "labels of arrays": (pickle_of(([b"x", b"y"], [remembered(array((2**16,), UINT8, bytes(2**16)), 0), recalled(0)])),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Optional
@@ -118,17 +119,44 @@ def _image_size(entry: bytes | bytearray | np.ndarray, what: str) -> tuple[int, 
     if isinstance(entry, np.ndarray) and entry.ndim == 3:
         height, width = entry.shape[:2]
     else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
-                with Image.open(io.BytesIO(_encoded(entry))) as image:
-                    width, height = image.size
-        except Exception as exc:  # PIL raises several unrelated types for bad bytes
-            raise DataError(f"{what} cannot be decoded ({exc.__class__.__name__}: {exc})",
-                            "the file is corrupt or not an image; re-create it") from None
+        data = _encoded(entry)
+        height, width = _jpeg_size(data) or _header_size(data, what)
     if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
         raise DataError(f"{what} is {width}x{height} pixels; a verification set holds face crops "
                         f"(at most {MAX_SIDE} pixels a side)", _FIX)
+    return height, width
+
+
+_START_OF_FRAME = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-15 (C4, C8, CC are DHT, JPG, DAC)
+
+
+def _jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
+    """``(height, width)`` from a JPEG's frame header, read as libjpeg reads it (segment by segment, the first
+    frame header), in a few microseconds; None when the data is not a JPEG laid out that plainly."""
+    at = 2 if data[:2] == b"\xff\xd8" else len(data)
+    while at + 9 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker in _START_OF_FRAME:
+            return struct.unpack_from(">HH", data, at + 5)
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length: left to PIL
+            return None
+        else:  # a segment: its length follows the marker
+            at += 2 + struct.unpack_from(">H", data, at + 2)[0]
+    return None
+
+
+def _header_size(data: bytes, what: str) -> tuple[int, int]:
+    """``(height, width)`` of any image format PIL reads, from its header."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked by the caller
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Exception as exc:  # PIL raises several unrelated types for bad bytes
+        raise DataError(f"{what} cannot be decoded ({exc.__class__.__name__}: {exc})",
+                        "the file is corrupt or not an image; re-create it") from None
     return height, width
 
 
