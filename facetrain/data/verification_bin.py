@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO, Optional
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from facetrain.data.images import decode_image
 from facetrain.errors import DataError
@@ -50,7 +50,7 @@ def read_verification_bin(path: str | os.PathLike) -> tuple[list, np.ndarray]:
         raise DataError(f"{path} is not a verification .bin (it declares an object larger than this machine's "
                         "memory)", _FIX) from None
     except Exception as exc:
-        raise DataError(f"{path} is not a verification .bin ({exc.__class__.__name__}: {exc})", _FIX) from None
+        raise DataError(f"{path} is not a verification .bin ({_one_line(exc)})", _FIX) from None
     if not (isinstance(content, (tuple, list)) and len(content) == 2
             and all(isinstance(part, (list, tuple)) or isinstance(part, np.ndarray) and part.ndim > 0 for part in content)):
         raise DataError(f"{path} is not a verification .bin (it holds a {type(content).__name__}, "
@@ -155,9 +155,13 @@ def _header_size(data: bytes, what: str) -> tuple[int, int]:
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
     except Exception as exc:  # PIL raises several unrelated types for bad bytes
-        raise DataError(f"{what} cannot be decoded ({exc.__class__.__name__}: {exc})",
-                        "the file is corrupt or not an image; re-create it") from None
+        reason = "no image format PIL reads" if isinstance(exc, UnidentifiedImageError) else _one_line(exc)
+        raise DataError(f"{what} cannot be decoded ({reason})", "the file is corrupt or not an image; re-create it") from None
     return height, width
+
+
+def _one_line(exc: Exception) -> str:
+    return f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0]}"
 
 
 def _as_image(entry: bytes | bytearray | np.ndarray, what: str, size: Optional[tuple[int, ...]] = None) -> np.ndarray:
