@@ -187,6 +187,39 @@ def _given(exc: BaseException) -> str:
     return "null" if value is None else str(value)
 
 
+_SET_IN = re.compile(r"^In '([\w./-]+/[\w.-]+)': ")  # Hydra's composition errors name the file being merged
+
+
+def _set_in(exc: BaseException) -> Optional[str]:
+    """The config file of a group (``experiment/smoke``) whose merge raised ``exc``, if any (not train.yaml)."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        if found := _SET_IN.match(str(exc)):
+            return found.group(1)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _chosen(group: str) -> Optional[str]:
+    """The option of config ``group`` given on the command line (``dataset=imagefolder``), if any."""
+    for arg in reversed(sys.argv[1:]):
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and key == group:
+            return value
+    return None
+
+
+def _unknown_key(key: str, source: Optional[str]) -> str:
+    """An unknown key typed by the user, or one set by a config file (a preset) for a group option that lacks it."""
+    if source is None:
+        return f"unknown config key '{key}'; check its spelling (python train.py --cfg job lists every key)"
+    preset, group = "=".join(source.rsplit("/", 1)), key.split(".")[0]
+    lacking = f"{group}={_chosen(group)}" if _chosen(group) else f"the {group} in use"
+    return (f"config key '{key}' is set by {preset} (configs/{source}.yaml), but {lacking} has no such key; "
+            f"use the {group} that {preset} is written for, or drop {preset}")
+
+
 def _first_line(text: str) -> str:
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
 
@@ -218,7 +251,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(cause, OmegaConfBaseException):
         key = _full_key(exc)
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-            return f"unknown config key '{key}'; check its spelling (python train.py --cfg job lists every key)"
+            return _unknown_key(key, _set_in(exc))
         if isinstance(cause, MissingMandatoryValue):
             return f"{key} is not set; pass {key}=<value> on the command line"
         if isinstance(cause, ValidationError):

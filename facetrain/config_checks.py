@@ -97,6 +97,10 @@ DROPOUT = between(0.0, 1.0, 0.1, open_high=True)
 SCALE = above(0.0, 64.0, _unusual_scale)
 ANGLE = between(0.0, math.pi, 0.5, open_high=True, warn=_unusual_margin)
 
+# blocks in a stage or a ViT: the deepest published face and ViT networks have up to 48; a bound keeps a file's
+# config (facetrain.weights.network) from asking for millions of layers before its tensors are compared
+MAX_BLOCKS = 256
+
 NAME = Check(lambda v: isinstance(v, str) and v.strip() != "" and "/" not in v, "a non-empty name without '/'",
              "my_run", bad="a/b")
 
@@ -137,12 +141,12 @@ CHECKS: dict[type, dict[str, Optional[Check]]] = {
     # ---- backbones
     c.BackboneConfig: {"name": TYPED, "activation_checkpointing": TYPED},
     c.IResNetConfig: {"dropout": DROPOUT, "zero_init_residual": TYPED},
-    c.MobileFaceNetConfig: {"blocks": each(at_least(1, 2, integer=True), [1, 4, 6, 2], length=4),
+    c.MobileFaceNetConfig: {"blocks": each(between(1, MAX_BLOCKS, 2), [1, 4, 6, 2], length=4),
                             "scale": at_least(1, 2, integer=True)},
     c.TorchvisionConfig: {"dropout": DROPOUT},
     c.IRConfig: {"dropout": DROPOUT},
     c.ViTConfig: {"image_size": at_least(1, 112, integer=True), "patch_size": at_least(1, 9, integer=True),
-                  "embed_dim": at_least(1, 512, integer=True), "depth": at_least(1, 12, integer=True),
+                  "embed_dim": at_least(1, 512, integer=True), "depth": between(1, MAX_BLOCKS, 12),
                   "num_heads": at_least(1, 8, integer=True), "mlp_ratio": above(0.0, 4.0),
                   "drop_path_rate": DROPOUT, "mask_ratio": DROPOUT},
     c.TimmConfig: {"model": TYPED, "weights": TYPED, "dropout": DROPOUT},
@@ -170,7 +174,7 @@ CHECKS: dict[type, dict[str, Optional[Check]]] = {
     c.SphereFaceConfig: {"m": at_least(1, 4, integer=True), "base": above(0.0, 1000.0), "gamma": at_least(0.0, 0.12),
                          "power": at_least(0.0, 1.0), "lambda_min": at_least(0.0, 5.0)},
     # ---- data
-    c.DatasetConfig: {"name": TYPED, "root": TYPED, "num_classes": optional(at_least(1, 1000, integer=True)),
+    c.DatasetConfig: {"name": TYPED, "root": TYPED, "num_classes": optional(at_least(2, 1000, integer=True)),
                       "val_targets": TYPED, "max_bad_fraction": PROBABILITY, "augment": TYPED},
     c.SyntheticConfig: {"images_per_class": at_least(2, 30, integer=True), "val_identities": at_least(2, 60, integer=True),
                         "val_images_per_identity": at_least(2, 5, integer=True),

@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from facetrain.backbones import build_backbone
-from facetrain.engine.checkpoint import BEST_NAME, load_checkpoint, newest_checkpoint
+from facetrain.engine.checkpoint import BEST_NAME, CorruptCheckpointError, load_checkpoint, newest_checkpoint
 from facetrain.engine.run_dir import CHECKPOINT_DIR
 from facetrain.errors import ConfigError, ModelError
+from facetrain.weights import build_loaded, recognise
+from facetrain.weights.files import READ_AGAIN, SAFETENSORS, checkpoint_weights, file_format, read_weight_file
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -32,24 +33,28 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_backbone(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """The eval-mode backbone of a checkpoint file, or of a run directory's newest checkpoint.
+    """The eval-mode backbone of a checkpoint file (or a facetrain safetensors export), or of a run directory's
+    newest checkpoint.
 
     Only the checkpoint's ``backbone`` and ``config`` are read (the file is memory-mapped), so a
-    checkpoint of any head, sharded or not, written by any number of processes loads alike.
+    checkpoint of any head, sharded or not, written by any number of processes loads alike. The file's config
+    is held to the command line's rules and its tensors compared with the network it names before that
+    network is built (:mod:`facetrain.weights.network`): a small file cannot ask for a large model.
     """
     file = find_checkpoint(path)
-    state = load_checkpoint(file, mmap=True)
-    if not isinstance(state, dict) or "backbone" not in state or "config" not in state:
-        raise ModelError(f"{file} is not a facetrain checkpoint (it has no 'backbone' and 'config')",
-                         "pass a checkpoint written by train.py")
-    config = state["config"]
-    hparams = {k: v for k, v in config["backbone"].items() if k != "name"}
-    backbone = build_backbone(config["backbone"]["name"], config["embedding_size"], **hparams)
-    try:
-        backbone.load_state_dict(state["backbone"])
-    except RuntimeError as exc:
-        raise ModelError(f"{file}: the backbone weights do not fit {config['backbone']['name']} "
-                         f"({str(exc).strip().splitlines()[0]})", "the checkpoint is damaged or was edited") from None
+    if file_format(file) == SAFETENSORS:
+        weights = read_weight_file(file)
+    else:
+        try:
+            content = load_checkpoint(file, mmap=True)
+        except CorruptCheckpointError as exc:  # its fix speaks of resuming
+            raise ModelError(exc.problem, READ_AGAIN) from None
+        weights = checkpoint_weights(file, content)
+    if weights.config is None:
+        raise ModelError(f"{file} holds weights without a facetrain config",
+                         f"import them first: python scripts/import_weights.py {file} --output model.pt")
+    found = recognise(weights)
+    backbone, _ = build_loaded(found, found.layout.backbone, found.layout.hparams, found.layout.embedding_size)
     return backbone.to(device).eval()
 
 

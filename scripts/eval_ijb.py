@@ -108,12 +108,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def work() -> None:
         device = embedding_device(args.device)
+        checkpoint = find_checkpoint(args.checkpoint)  # the model first: a missing one is the first thing to say
         meta = read_ijb_meta(args.ijb_root, args.target)
         one_n = args.protocol == "1n" or (args.protocol == "both" and all(p.is_file() for p in one_n_files(meta).values()))
         if args.protocol == "both" and not one_n:
             print(f"eval_ijb: 1:N skipped: {meta.folder / 'meta'} lacks the 1:N lists", file=sys.stderr)
         lists = read_one_n_lists(meta) if one_n else {}
-        checkpoint = find_checkpoint(args.checkpoint)
         key = {"checkpoint": checkpoint_digest(checkpoint), "flip": args.flip, **feature_key(meta)}
         features = cached_features(args.output if args.cache else None, key, lambda: image_features(
             load_backbone(checkpoint, device), meta, device, args.batch_size, args.workers, args.flip, args.progress))

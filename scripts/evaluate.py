@@ -123,8 +123,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def work() -> None:
         device = embedding_device(args.device)
-        targets = verification_targets(resolve_targets(args.targets, args.data_root), args.pairs, args.images)
+        # the models first: a missing one is the first thing to say
         checkpoints = {label: find_checkpoint(path) for label, path in model_labels(args.checkpoints).items()}
+        targets = verification_targets(resolve_targets(args.targets, args.data_root), args.pairs, args.images)
         settings = EmbedSettings(device, args.batch_size, args.workers, args.flip, args.progress)
         written = next((p.parent for p in (args.json, args.csv) if p is not None), None)
         cache_dir = args.cache_dir or written

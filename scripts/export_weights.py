@@ -24,19 +24,19 @@ from facetrain.engine.atomic import atomic_write
 from facetrain.engine.checkpoint import load_checkpoint
 from facetrain.errors import ModelError
 from facetrain.inference import find_checkpoint
-from facetrain.weights import FORMATS, export_layout, read_layout, to_official, write_safetensors
+from facetrain.weights import FORMATS, check_fitting, export_layout, read_layout, recognise, to_official, write_safetensors
 from facetrain.weights.convert import to_facetrain
+from facetrain.weights.files import checkpoint_weights
 
 EXPORT_FORMATS = (*FORMATS, "safetensors")
 
 
 def export(checkpoint: Path, fmt: str, output: Path) -> str:
     """Write ``checkpoint``'s backbone to ``output`` in ``fmt``, verify it reads back identically; a summary."""
-    state = load_checkpoint(checkpoint)
-    config = state["config"]
-    backbone = dict(config["backbone"])
-    name, embedding_size = backbone.pop("name"), config["embedding_size"]
-    ours = {key: value.detach().float() if value.is_floating_point() else value for key, value in state["backbone"].items()}
+    found = recognise(checkpoint_weights(checkpoint, load_checkpoint(checkpoint)))  # its config checked
+    name, backbone, embedding_size = found.layout.backbone, found.layout.hparams, found.layout.embedding_size
+    check_fitting(found, name, backbone, embedding_size)  # its tensors are the network its config names
+    ours = {key: value.detach().float() if value.is_floating_point() else value for key, value in found.state.items()}
     if fmt == "safetensors":
         write_safetensors(output, ours, {"backbone": {"name": name, **backbone}, "embedding_size": embedding_size}, "RGB")
     else:

@@ -77,8 +77,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def work() -> None:
         device = embedding_device(args.device)
+        backbone = load_backbone(find_checkpoint(args.checkpoint), device)  # the model first
         base, names = list_images(args.images)
-        backbone = load_backbone(find_checkpoint(args.checkpoint), device)
         dataset, kept = ImageFiles(base, names), []
         batches = readable_batches(dataset, args.batch_size, args.workers, kept)
         features = embed_batches(backbone, batches, device, args.flip, total=len(names), progress=args.progress)

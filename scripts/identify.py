@@ -89,8 +89,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def work() -> None:
         device = embedding_device(args.device)
+        checkpoint = find_checkpoint(args.checkpoint)  # the model first: a missing one is the first thing to say
         name, probes, gallery = image_sets(args)
-        checkpoint = find_checkpoint(args.checkpoint)
         everything = probes + gallery
         key = {"checkpoint": checkpoint_digest(checkpoint), "images": file_list_digest(everything.base, everything.names),
                "flip": args.flip, "size": 112}

@@ -24,7 +24,6 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from facetrain.backbones import build_backbone
 from facetrain.cli import compose_train_config, run_script, script_parser
 from facetrain.data import resolve_targets
 from facetrain.data.transforms import INPUT_CONVENTION
@@ -32,7 +31,7 @@ from facetrain.engine.checkpoint import file_sha256, save_checkpoint
 from facetrain.errors import ModelError
 from facetrain.eval import VerificationCallback
 from facetrain.eval.options import embedding_device
-from facetrain.weights import CHANNEL_ORDERS, load_into, read_layout
+from facetrain.weights import CHANNEL_ORDERS, build_loaded, read_layout
 from facetrain.weights.check import convention_accuracies, convention_warnings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -65,8 +64,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         name = args.backbone or layout.backbone
         size = args.embedding_size or layout.embedding_size or 512
         hparams = backbone_settings(name, size, layout.hparams if name == layout.backbone else {})
-        backbone = build_backbone(name, size, **hparams)
-        left_out = load_into(found, backbone, name, hparams, size, args.input_order, args.strict)
+        backbone, left_out = build_loaded(found, name, hparams, size, args.input_order, args.strict)
         print(f"{args.file}: {layout.description} -> facetrain {name}, {size}-d embeddings"
               + (f"; {len(left_out)} tensors start fresh" if left_out else ""))
         state = {"backbone": backbone.state_dict(), "config": {"backbone": {"name": name, **hparams}, "embedding_size": size},

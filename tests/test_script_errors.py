@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.eval_helpers import load_script, write_checkpoint
+from tests.eval_helpers import edited_checkpoint, load_script, not_weight_files, set_config, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,7 +76,8 @@ def test_make_bin(capsys, tmp_path):
 def test_export_onnx(capsys, tmp_path):
     assert "does not exist" in one_line(capsys, "export_onnx", [str(tmp_path / "none.pt"), "--output", str(tmp_path / "m.onnx")])
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    assert "unreadable" in one_line(capsys, "export_onnx", [str(tmp_path / "text.pt"), "--output", str(tmp_path / "m.onnx")])
+    assert "is neither a torch file" in one_line(capsys, "export_onnx", [str(tmp_path / "text.pt"), "--output",
+                                                                         str(tmp_path / "m.onnx")])
     assert "required" in one_line(capsys, "export_onnx", [str(tmp_path / "text.pt")])
 
 
@@ -121,3 +122,68 @@ def test_import_and_export_weights(capsys, tmp_path, checkpoint):
     assert "does not exist" in one_line(capsys, "export_weights", [str(tmp_path / "none"), "--format", "safetensors",
                                                                     "--output", str(tmp_path / "o")])
     assert "invalid choice" in one_line(capsys, "export_weights", [str(checkpoint), "--format", "mxnet", "--output", "o"])
+
+
+def model_scripts(tmp_path: Path) -> dict[str, list[str]]:
+    """Every script that takes a model file, with the rest of its arguments (readable, so the model is what fails)."""
+    import pickle
+
+    from facetrain.data.images import encode_jpeg
+    from tests.data_helpers import face
+
+    (tmp_path / "lfw.bin").write_bytes(pickle.dumps(([encode_jpeg(face(1))] * 2, [True])))
+    (tmp_path / "people" / "someone").mkdir(parents=True)
+    (tmp_path / "people" / "someone" / "a.jpg").write_bytes(encode_jpeg(face(2)))
+    people = str(tmp_path / "people")
+    return {"evaluate": ["--targets", "lfw", "--data-root", str(tmp_path)],
+            "identify": ["--gallery", people, "--probe", people, "--no-cache"],
+            "extract_features": ["--images", people, "--output", str(tmp_path / "f.npy")],
+            "export_onnx": ["--output", str(tmp_path / "m.onnx")],
+            "import_weights": ["--output", str(tmp_path / "imported.pt")],
+            "export_weights": ["--format", "safetensors", "--output", str(tmp_path / "exported.safetensors")]}
+
+
+def test_a_bad_model_file_is_one_line_in_every_script(capsys, tmp_path, checkpoint):
+    """Random bytes, text, an empty file, a zip of something else, a truncated checkpoint, and checkpoints whose
+    config asks for a 4 TiB layer or whose tensor repeats one stored value: one line, exit 2, in each script."""
+    import torch
+
+    bad = {name: path for name, (path, _) in not_weight_files(tmp_path / "bad", checkpoint).items()}
+    bad["2**31-d"] = edited_checkpoint(checkpoint, tmp_path / "huge.pt", set_config("embedding_size", value=2**31))
+    bad["zero stride"] = edited_checkpoint(checkpoint, tmp_path / "stride.pt", lambda state: state["backbone"].__setitem__(
+        "fc.weight", torch.zeros(1).as_strided((2**20, 2**20), (0, 0))))
+    for script, rest in model_scripts(tmp_path).items():
+        for name, path in bad.items():
+            line = one_line(capsys, script, [str(path), *rest])
+            assert str(path) in line, (script, name, line)
+    assert not (tmp_path / "imported.pt").exists() and not (tmp_path / "exported.safetensors").exists()
+
+
+def test_a_missing_checkpoint_is_named_before_other_missing_input(capsys, tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
+    result = subprocess.run([sys.executable, str(script), "/missing/ckpt.pt", "--targets", "lfw"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        "evaluate: error: /missing/ckpt.pt does not exist; pass a checkpoint file (.pt) or a run directory"], result.stderr
+    missing = str(tmp_path / "none")
+    for script, rest in {"eval_ijb": ["--ijb-root", missing, "--target", "IJBC"],
+                         "identify": ["--gallery", missing, "--probe", missing],
+                         "extract_features": ["--images", missing, "--output", str(tmp_path / "f.npy")]}.items():
+        assert "/missing/ckpt.pt does not exist" in one_line(capsys, script, ["/missing/ckpt.pt", *rest]), script
+
+
+def test_an_export_reads_back_whatever_its_name(capsys, tmp_path, checkpoint):
+    """A safetensors export named .pt reads back (its format is told by its content), is imported by
+    import_weights.py and evaluated by load_backbone, and is readable by all like the other exports."""
+    import facetrain
+
+    assert load_script("export_weights").main([str(checkpoint), "--format", "safetensors", "--output",
+                                               str(tmp_path / "x.pt")]) == 0
+    assert "reads back identically" in capsys.readouterr().out
+    assert (tmp_path / "x.pt").stat().st_mode & 0o777 == 0o644
+    assert load_script("import_weights").main([str(tmp_path / "x.pt"), "--output", str(tmp_path / "again.pt")]) == 0
+    original, exported = facetrain.load_backbone(checkpoint), facetrain.load_backbone(tmp_path / "x.pt")
+    assert all(a.equal(b) for a, b in zip(original.state_dict().values(), exported.state_dict().values()))

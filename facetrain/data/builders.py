@@ -5,10 +5,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from facetrain.data.augment import SampleTransform, build_augment
 from facetrain.data.datasets import DEFAULT_MAX_BAD_FRACTION, FaceDataset, RecordDataset
 from facetrain.data.imagefolder import ImageFolderDataset
-from facetrain.data.synthetic import SyntheticSpec, ensure_synthetic, synthetic_root
+from facetrain.data.synthetic import SyntheticSpec, check_root, ensure_synthetic, synthetic_root
 from facetrain.engine.distributed import barrier, dist_info
 from facetrain.errors import ConfigError, DataError
 from facetrain.registry import Registry
@@ -28,6 +30,8 @@ def synthetic(root: Optional[str], num_classes: int, transform: Optional[SampleT
               **spec: Any) -> TrainData:
     """Generate (rank 0, once) and open the synthetic identities dataset."""
     spec_ = SyntheticSpec(num_classes=num_classes, **spec)
+    _require_two(num_classes, "dataset=synthetic")
+    check_root(spec_, root)
     if dist_info().is_main:
         ensure_synthetic(spec_, root)
     barrier()
@@ -51,6 +55,7 @@ def imagefolder(root: Optional[str], num_classes: Optional[int], transform: Opti
                 max_bad_fraction: float) -> TrainData:
     """``root/<identity>/*.jpg`` or a list file of ``path label`` lines."""
     dataset = ImageFolderDataset(_require(root), transform, max_bad_fraction)
+    _require_two(len(np.unique(dataset.labels)), str(dataset.root))  # a list file's labels may leave numbers out
     return TrainData(dataset, _check_classes(num_classes, dataset.num_classes, root), dataset.root)
 
 
@@ -64,7 +69,17 @@ def _check_classes(configured: Optional[int], found: int, root: Optional[str]) -
     if configured is not None and configured != found:
         raise DataError(f"dataset.num_classes={configured} but {root} holds {found} classes",
                         f"set dataset.num_classes={found} (or null to infer it)")
+    _require_two(found, str(root))
     return found
+
+
+def _require_two(identities: int, where: str) -> None:
+    """Refuse training data of fewer than two identities: a classifier of one class has nothing to learn (its
+    loss falls to 0 at once and the run looks successful)."""
+    if identities < 2:
+        raise DataError(f"{where} holds {identities} {'identity' if identities == 1 else 'identities'}: training "
+                        "needs at least two (with one, the loss falls to 0 without learning anything)",
+                        "add identities, or point dataset.root at the whole dataset")
 
 
 def build_train_data(name: str, **hparams: Any) -> TrainData:

@@ -22,6 +22,7 @@ from facetrain.data.readability import default_cache_dir
 from facetrain.data.recordio import write_insightface_folder
 from facetrain.data.synthetic_faces import render_face, sample_identity
 from facetrain.data.verification_bin import save_verification_bin
+from facetrain.errors import ConfigError
 
 VAL_TARGET = "synthetic_val"
 _TRAIN, _VAL = 0, 1  # stream ids: train and validation identities never share a random stream
@@ -45,6 +46,31 @@ class SyntheticSpec:
 def synthetic_root(spec: SyntheticSpec, root: Optional[str] = None) -> Path:
     """Where the dataset of ``spec`` lives: ``root`` if given, else a cache folder named by its digest."""
     return Path(root) if root else default_cache_dir() / f"synthetic-{spec.digest()}"
+
+
+def check_root(spec: SyntheticSpec, root: Optional[str]) -> None:
+    """A one-line ConfigError when ``root`` (``dataset.root``) names something other than this dataset: the
+    synthetic data is generated into it, so it must be new, an empty folder, or this dataset already generated."""
+    path = Path(root) if root else None
+    if path is None or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    saved = path / "spec.json"
+    if saved.is_file():
+        try:
+            settings = json.loads(saved.read_text())
+        except ValueError:
+            settings = None
+        wanted = asdict(spec)
+        if settings == wanted:
+            return
+        if isinstance(settings, dict):
+            differ = ", ".join(f"{key} {settings.get(key)} there, {value} here" for key, value in wanted.items()
+                               if settings.get(key) != value)
+            raise ConfigError(f"dataset.root={root} holds synthetic data of other settings ({differ})",
+                              "leave dataset.root unset (each setting gets a cache folder of its own) or pass a new folder")
+    raise ConfigError(f"dataset.root={root} already holds other files, but dataset=synthetic generates its images "
+                      "into dataset.root", "leave dataset.root unset for the synthetic data, and name a .bin of yours "
+                      f"by its path: eval.targets=[{path / '<name>.bin'}]")
 
 
 def render_identity(seed: int, stream: int, identity: int, count: int) -> list[bytes]:
