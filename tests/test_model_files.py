@@ -145,3 +145,14 @@ def test_files_that_are_no_weight_file_are_refused_in_one_line(base, tmp_path):
             message = str(refused.value)
             assert expected in message and "\n" not in message, (load, message)
             assert message.endswith("the file is truncated or not a weight file; download or copy it again"), message
+
+
+def test_a_timm_checkpoint_loads_without_the_weights_it_started_from(tmp_path):
+    """backbone.weights names where a timm run started (a file on the training machine): the checkpoint holds
+    the trained weights, so evaluating it elsewhere neither needs nor reads that file."""
+    write_checkpoint(tmp_path / "timm.pt", {"name": "timm", "model": "test_convnext", "dropout": 0.0}, embedding_size=16)
+    trained = edited_checkpoint(tmp_path / "timm.pt", tmp_path / "trained.pt",
+                                set_config("backbone", "weights", value=str(tmp_path / "elsewhere.safetensors")))
+    original, loaded = facetrain.load_backbone(tmp_path / "timm.pt"), facetrain.load_backbone(trained)
+    assert all(a.equal(b) for a, b in zip(original.state_dict().values(), loaded.state_dict().values()))
+    assert read_layout(trained).layout.hparams == {"model": "test_convnext", "dropout": 0.0}
