@@ -261,6 +261,13 @@ class DatasetConfig:
 
 
 @dataclass
+class ImageFolderConfig(DatasetConfig):
+    # raw photos (most images not squares of at most 4x the training size) stop the run with a pointer to
+    # scripts/align.py; true trains on them squashed to 112x112
+    resize_unaligned: bool = False
+
+
+@dataclass
 class SyntheticConfig(DatasetConfig):
     images_per_class: int = MISSING
     val_identities: int = MISSING
@@ -452,7 +459,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "curricularface": CurricularFaceConfig, "elasticface": ElasticFaceConfig,
         "subcenter_arcface": SubCenterArcFaceConfig,
     },
-    "dataset": {"synthetic": SyntheticConfig, "rec": DatasetConfig},
+    "dataset": {"synthetic": SyntheticConfig, "rec": DatasetConfig, "imagefolder": ImageFolderConfig},
     "optimizer": {"sgd": SGDConfig, "adamw": AdamWConfig},
     "scheduler": {"poly": PolyConfig, "multistep": MultiStepConfig, "cosine": CosineConfig},
 }

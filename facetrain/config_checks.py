@@ -176,6 +176,7 @@ CHECKS: dict[type, dict[str, Optional[Check]]] = {
     # ---- data
     c.DatasetConfig: {"name": TYPED, "root": TYPED, "num_classes": optional(at_least(2, 1000, integer=True)),
                       "val_targets": TYPED, "max_bad_fraction": PROBABILITY, "augment": TYPED},
+    c.ImageFolderConfig: {"resize_unaligned": TYPED},
     c.SyntheticConfig: {"images_per_class": at_least(2, 30, integer=True), "val_identities": at_least(2, 60, integer=True),
                         "val_images_per_identity": at_least(2, 5, integer=True),
                         "val_pairs": at_least(20, 1000, integer=True), "seed": at_least(0, 0, integer=True)},

@@ -32,12 +32,10 @@ from typing import Optional
 
 import numpy as np
 
-from facetrain.align.faces import SETTINGS, DetectorSettings
 from facetrain.align.job import AlignOptions, Likeness, align_folder
+from facetrain.align.options import add_detection_options, detector_settings
 from facetrain.align.tree import FORMATS
 from facetrain.cli import run_script, script_parser
-
-DETECTORS = ("yunet", "scrfd")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -47,12 +45,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=112, help="crop side: a multiple of 112 (or of 128), as insightface's")
     parser.add_argument("--format", choices=FORMATS, default="jpg", help="jpg (quality 95) or png (lossless)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="processes, each with its own detector")
-    parser.add_argument("--detector", choices=DETECTORS, default="yunet", help="yunet (shipped) or scrfd (insightface's)")
-    parser.add_argument("--detector-model", type=Path, help="the detector's model file (scrfd: det_10g.onnx)")
+    add_detection_options(parser)
     parser.add_argument("--landmarks", type=Path, help="crop the photos this landmarks file lists, by its points (no detection)")
-    for name, rule in SETTINGS.items():
-        parser.add_argument(rule.flag, type=int if rule.integer else float, default=getattr(DetectorSettings, name),
-                            help=f"{rule.help} [{rule.low:g}, {rule.high:g}]")
     parser.add_argument("--pick", default="position", help="position (largest face nearest the centre) or model=CHECKPOINT")
     parser.add_argument("--device", default="auto", help="device of --pick's model: auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -96,7 +90,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
 
     def work() -> None:
-        settings = DetectorSettings(args.input_size, args.min_face, args.score_threshold)
+        settings = detector_settings(args)
         detector, model = ("landmarks", args.landmarks) if args.landmarks else (args.detector, args.detector_model)
         options = AlignOptions(detector, model, settings, args.size, args.format, args.workers)
         start = time.perf_counter()

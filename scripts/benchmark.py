@@ -5,6 +5,7 @@
     python scripts/benchmark.py ijb [--backbone r100] [--images 469375 --templates 23124 --pairs 15658489]
     python scripts/benchmark.py train [--data synthetic|real] [--warmup 5] [--steps 20] [HYDRA OVERRIDES ...]
     python scripts/benchmark.py backbones [NAMES ...] [--timm MODEL ...] [--embedding-size 512]
+    python scripts/benchmark.py align [--photos DIR] [--side 1000] [--reference POINTS.txt]
 
 ``data``: how fast the input pipeline feeds a GPU from a dataset folder (a RecordIO folder, identity
 folders or a list file): single-core decode speed of each JPEG decoder, one core's dataset speed
@@ -30,12 +31,16 @@ GPU's peak (``--peak-tflops`` for other devices).
 ``backbones``: parameters and forward GFLOPs (one 112x112 image) of the registered backbones and of
 any timm models named, as a markdown table (the README's backbone table).
 
+``align``: raw photos to aligned crops, photos per core-second, beside facenet-pytorch's MTCNN, and the
+five points' agreement with a reference (:mod:`facetrain.align.benchmark`).
+
 A new subcommand is a function ``add_<name>_command(subparsers)`` that sets ``run=`` on its parser,
 listed in ``COMMANDS``.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -54,6 +59,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader, RandomSampler
 
+from facetrain.align.benchmark import add_align_command
 from facetrain.cli import compose_train_config, describe_error, run_script, script_parser
 from facetrain.data import TrainData, build_train_data
 from facetrain.data.augment import build_augment
@@ -474,7 +480,8 @@ def add_backbones_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---- entry ------------------------------------------------------------------------------------------
-COMMANDS = [add_data_command, add_head_command, add_ijb_command, add_train_command, add_backbones_command]
+COMMANDS = [add_data_command, add_head_command, add_ijb_command, add_train_command, add_backbones_command,
+            functools.partial(add_align_command, rate=rate)]
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -3,10 +3,12 @@
     python scripts/evaluate.py CHECKPOINT_OR_RUN_DIR [MORE ...] [--targets lfw cfp_fp agedb_30 --data-root DIR]
         [--pairs PAIRS.txt ... --images DIR] [--json results.json] [--csv results.csv]
         [--cache-dir DIR | --no-cache] [--batch-size 256] [--workers 8] [--device auto] [--flip sum]
+        [--align [DETECTION OPTIONS]]
 
 ``--targets`` are names of ``<data-root>/<name>.bin`` files or paths to ``.bin`` files; ``--pairs`` are
 pair lists over the aligned images in ``--images`` (default: each list's folder): LFW's ``pairs.txt`` or
-plain ``path1 path2 same`` lines (:mod:`facetrain.eval.pairs`), named by their file name.
+plain ``path1 path2 same`` lines (:mod:`facetrain.eval.pairs`), named by their file name. With ``--align`` the
+pair lists' images are raw photos: each one's face is found and cropped as scripts/align.py crops it.
 
 One checkpoint: a table of its targets (pairs, accuracy +- std, TAR@FAR=1e-3). Several: one markdown
 table, a row per checkpoint and a column per target (accuracy, %), as papers lay results out. ``--json``
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from facetrain import load_backbone
+from facetrain.align.options import add_align_options, photo_aligner
 from facetrain.cli import run_script, script_parser
 from facetrain.data import resolve_targets
 from facetrain.eval.feature_cache import cached_features, checkpoint_digest
@@ -89,11 +92,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, help="folder for cached features (default: that of --json or --csv)")
     parser.add_argument("--no-cache", dest="cache", action="store_false", help="embed every image again")
     add_embedding_options(parser)
+    add_align_options(parser)
     args = parse_embedding_args(parser, argv)
     if not args.targets and not args.pairs:
         parser.error("name what to evaluate on: --targets (.bin sets) and/or --pairs (pair lists)")
     if args.images is not None and not args.pairs:
         parser.error("--images goes with --pairs")
+    if args.align and not args.pairs:
+        parser.error("--align goes with --pairs (.bin sets hold aligned faces)")
     return args
 
 
@@ -125,7 +131,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         device = embedding_device(args.device)
         # the models first: a missing one is the first thing to say
         checkpoints = {label: find_checkpoint(path) for label, path in model_labels(args.checkpoints).items()}
-        targets = verification_targets(resolve_targets(args.targets, args.data_root), args.pairs, args.images)
+        targets = verification_targets(resolve_targets(args.targets, args.data_root), args.pairs, args.images,
+                                       photo_aligner(args))
         settings = EmbedSettings(device, args.batch_size, args.workers, args.flip, args.progress)
         written = next((p.parent for p in (args.json, args.csv) if p is not None), None)
         cache_dir = args.cache_dir or written

@@ -1,13 +1,14 @@
 """Embed face images with a checkpoint's backbone: one feature row per image, in a .npy file.
 
     python scripts/extract_features.py CHECKPOINT_OR_RUN_DIR --images DIR_OR_LIST --output feats.npy
-        [--batch-size 256] [--workers 8] [--device auto] [--flip sum]
+        [--batch-size 256] [--workers 8] [--device auto] [--flip sum] [--align [DETECTION OPTIONS]]
 
 ``--images`` is a folder (every image below it, sorted by path) or a list file of image paths, one
 per line (relative to the list's folder, or absolute; a training list's trailing label is ignored).
-Images should be aligned 112x112 faces; other sizes are resized. ``feats.npy`` holds float32
-``[N, d]`` raw embeddings (``[N, 2d]`` with ``--flip concat``), and ``feats.txt`` beside it the
-image of each row. Unreadable images are skipped with a warning and left out of both.
+Images should be aligned 112x112 faces; other sizes are resized. With ``--align`` they are raw photos: each
+one's face is found and cropped as scripts/align.py crops it. ``feats.npy`` holds float32 ``[N, d]`` raw
+embeddings (``[N, 2d]`` with ``--flip concat``), and ``feats.txt`` beside it the image of each row.
+Unreadable images (and, with ``--align``, photos without a face) are skipped with a warning and left out of both.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import numpy as np
 import torch
 
 from facetrain import load_backbone
+from facetrain.align.options import add_align_options, photo_aligner
+from facetrain.align.photos import photo_inputs
 from facetrain.cli import run_script, script_parser
 from facetrain.data.imagefolder import IMAGE_SUFFIXES
 from facetrain.errors import DataError
@@ -69,6 +72,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--images", type=Path, required=True, help="a folder of images or a list file of image paths")
     parser.add_argument("--output", type=Path, required=True, help="the .npy file of features (paths go to .txt beside it)")
     add_embedding_options(parser)
+    add_align_options(parser)
     return parse_embedding_args(parser, argv)
 
 
@@ -79,7 +83,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         device = embedding_device(args.device)
         backbone = load_backbone(find_checkpoint(args.checkpoint), device)  # the model first
         base, names = list_images(args.images)
-        dataset, kept = ImageFiles(base, names), []
+        dataset, kept = ImageFiles(base, names, **photo_inputs(photo_aligner(args))), []
         batches = readable_batches(dataset, args.batch_size, args.workers, kept)
         features = embed_batches(backbone, batches, device, args.flip, total=len(names), progress=args.progress)
         if not kept:

@@ -2,13 +2,15 @@
 
     python scripts/identify.py CHECKPOINT_OR_RUN_DIR --gallery DIR --probe DIR [--distractors DIR]
         [--enrol images|mean] [--ranks 1 5 10 20] [--fpirs 0.01 0.1] [--output DIR] [--no-cache]
-        [--batch-size 256] [--workers 8] [--device auto] [--flip sum]
+        [--batch-size 256] [--workers 8] [--device auto] [--flip sum] [--align [DETECTION OPTIONS]]
     python scripts/identify.py CHECKPOINT_OR_RUN_DIR --tinyface ROOT [--output DIR] ...
 
 ``--gallery`` and ``--probe`` hold one folder per identity (``<identity>/<image>``); probes of identities
 absent from the gallery are the non-mated probes of the open-set figures (TPIR at FPIR). ``--distractors``
 adds images of nobody to the gallery. ``--enrol mean`` enrols each gallery identity once, by the mean of its
 normalised features; ``images`` (the default) enrols every image, a probe's mate being its best-scoring one.
+``--align``: the images are raw photos; each one's face is found and cropped as scripts/align.py crops it (a
+photo without a face stops it, naming the photo).
 
 ``--tinyface`` is TinyFace's ``Testing_Set`` (``Probe/``, ``Gallery_Match/``, ``Gallery_Distractor/``) or an
 aligned copy of it: the gallery is the matched images plus all distractors, ranks 1, 5 and 20 (AdaFace's
@@ -32,6 +34,8 @@ from typing import Optional
 import numpy as np
 
 from facetrain import load_backbone
+from facetrain.align.options import add_align_options, photo_aligner
+from facetrain.align.photos import photo_inputs
 from facetrain.cli import run_script, script_parser
 from facetrain.eval.embed import embed_files
 from facetrain.eval.feature_cache import cached_features, checkpoint_digest, file_list_digest
@@ -59,6 +63,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-cache", dest="cache", action="store_false",
                         help="compute the image features again instead of reusing those in --output")
     add_embedding_options(parser)
+    add_align_options(parser)
     args = parse_embedding_args(parser, argv)
     if (args.tinyface is None) == (args.gallery is None and args.probe is None):
         parser.error("pass either --gallery and --probe, or --tinyface")
@@ -94,9 +99,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         everything = probes + gallery
         key = {"checkpoint": checkpoint_digest(checkpoint), "images": file_list_digest(everything.base, everything.names),
                "flip": args.flip, "size": 112}
+        aligner = photo_aligner(args)
+        key.update({"align": aligner.key()} if aligner else {})
         features = cached_features(args.output if args.cache else None, key, lambda: embed_files(
             load_backbone(checkpoint, device), everything.base, everything.names, device, args.batch_size, args.workers,
-            args.flip, args.progress, name))
+            args.flip, args.progress, name, **photo_inputs(aligner)))
         probe_feats, gallery_feats = features[: len(probes.names)], features[len(probes.names):]
         gallery_ids = gallery.identities
         if args.enrol == "mean":

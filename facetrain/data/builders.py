@@ -52,9 +52,9 @@ for _name in ("rec", "ms1mv3", "casia_webface"):
 
 @DATASETS.register("imagefolder")
 def imagefolder(root: Optional[str], num_classes: Optional[int], transform: Optional[SampleTransform],
-                max_bad_fraction: float) -> TrainData:
-    """``root/<identity>/*.jpg`` or a list file of ``path label`` lines."""
-    dataset = ImageFolderDataset(_require(root), transform, max_bad_fraction)
+                max_bad_fraction: float, resize_unaligned: bool = False) -> TrainData:
+    """``root/<identity>/*.jpg`` or a list file of ``path label`` lines (raw photos refused unless ``resize_unaligned``)."""
+    dataset = ImageFolderDataset(_require(root), transform, max_bad_fraction, resize_unaligned=resize_unaligned)
     _require_two(len(np.unique(dataset.labels)), str(dataset.root))  # a list file's labels may leave numbers out
     return TrainData(dataset, _check_classes(num_classes, dataset.num_classes, root), dataset.root)
 

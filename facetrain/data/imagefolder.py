@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from facetrain.data.aligned import require_aligned
 from facetrain.data.augment import SampleTransform
 from facetrain.data.datasets import DEFAULT_MAX_BAD_FRACTION, FaceDataset
 from facetrain.data.readability import SCAN_LIMIT, unreadable_images
@@ -122,8 +123,13 @@ class ImageFolderDataset(FaceDataset):
         transform: Optional[SampleTransform] = None,
         max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
         image_size: int = 112,
+        resize_unaligned: bool = False,
     ) -> None:
-        images = without_unreadable(list_images(root), max_bad_fraction)
+        """Raw photos (mostly not squares) are refused unless ``resize_unaligned`` (:mod:`facetrain.data.aligned`)."""
+        images = list_images(root)
+        if not resize_unaligned:
+            require_aligned(images.base, images.paths, image_size)
+        images = without_unreadable(images, max_bad_fraction)
         self.root = images.base
         self.paths, self.labels = PackedStrings(images.paths), images.labels
         super().__init__(transform, max_bad_fraction, image_size)

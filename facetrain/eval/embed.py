@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Literal, Optional, Sequence, Union, get_args
+from typing import Callable, Iterable, Literal, Optional, Sequence, Union, get_args
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from facetrain.data.images import decode_image
 from facetrain.data.transforms import normalize
 from facetrain.errors import DataError
 from facetrain.eval.image_files import ImageFiles, Prepare, load_images
@@ -78,10 +79,12 @@ def embed_images(
 
 def embed_files(backbone: nn.Module, base: Path, names: Sequence[str], device: torch.device, batch_size: int = 256,
                 workers: int = 0, flip: FlipMode = "sum", progress: bool = False, desc: str = "embed",
-                prepare: Optional[Prepare] = None, fix: str = "restore the file or leave it out of the list") -> np.ndarray:
-    """Embeddings ``[N, d]`` of the files ``base/<name>`` (resized to 112x112 unless ``prepare`` makes the
-    input); the first file that cannot be read stops it with a DataError naming the file and ``fix``."""
-    dataset = ImageFiles(base, names, prepare)
+                prepare: Optional[Prepare] = None, fix: str = "restore the file or leave it out of the list",
+                decode: Callable[[bytes, str], np.ndarray] = decode_image) -> np.ndarray:
+    """Embeddings ``[N, d]`` of the files ``base/<name>`` read by ``decode`` (resized to 112x112 unless
+    ``prepare`` makes the input); the first file that cannot be read or prepared stops it with a DataError
+    naming the file and ``fix``."""
+    dataset = ImageFiles(base, names, prepare, decode=decode)
 
     def batches() -> Iterable[torch.Tensor]:
         for images, _, errors in load_images(dataset, batch_size, workers, pin_memory=device.type == "cuda"):

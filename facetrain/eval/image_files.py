@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from facetrain.data.images import decode_image
+from facetrain.data.images import decode_image, resize_square
 from facetrain.data.imagefolder import PackedStrings
 from facetrain.errors import DataError
 
@@ -21,11 +21,13 @@ Prepare = Callable[[np.ndarray, int], np.ndarray]  # (decoded RGB image, index) 
 
 
 class ImageFiles(Dataset):
-    """``(image uint8 [size,size,3], index, error)`` of the files ``base/<name>``; ``prepare`` turns a
-    decoded image into the model's input (default: resized to ``size x size``)."""
+    """``(image uint8 [size,size,3], index, error)`` of the files ``base/<name>``, read by ``decode`` (raw
+    photos: :func:`facetrain.data.images.decode_photo`); ``prepare`` turns a decoded image into the model's
+    input (default: resized to ``size x size``). An error of ``prepare`` names the file."""
 
-    def __init__(self, base: Path, names: Sequence[str], prepare: Optional[Prepare] = None, size: int = 112) -> None:
-        self.base, self.names, self.prepare, self.size = base, PackedStrings(names), prepare, size
+    def __init__(self, base: Path, names: Sequence[str], prepare: Optional[Prepare] = None, size: int = 112,
+                 decode: Callable[[bytes, str], np.ndarray] = decode_image) -> None:
+        self.base, self.names, self.prepare, self.size, self.decode = base, PackedStrings(names), prepare, size, decode
 
     def __len__(self) -> int:
         return len(self.names)
@@ -36,12 +38,15 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
         path = self.path(index)
         try:
-            image = decode_image(path.read_bytes(), str(path), None if self.prepare else self.size)
-            return (self.prepare(image, index) if self.prepare else image), index, ""
+            image = self.decode(path.read_bytes(), str(path))
         except OSError as exc:
             return np.zeros((self.size, self.size, 3), np.uint8), index, f"{path} cannot be read ({exc.strerror or exc})"
         except DataError as exc:
             return np.zeros((self.size, self.size, 3), np.uint8), index, exc.problem
+        try:
+            return (self.prepare(image, index) if self.prepare else resize_square(image, self.size)), index, ""
+        except DataError as exc:
+            return np.zeros((self.size, self.size, 3), np.uint8), index, f"{path}: {exc.problem}"
 
 
 def load_images(dataset: ImageFiles, batch_size: int, workers: int,

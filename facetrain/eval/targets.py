@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from facetrain.align.photos import PhotoAligner, photo_inputs
 from facetrain.data.verification_bin import decode_verification_images, read_verification_bin
 from facetrain.errors import DataError
 from facetrain.eval.embed import FlipMode, embed_files, embed_images
@@ -42,28 +43,31 @@ class BinTarget:
 
 
 class PairTarget:
-    """A pair list over a folder of images (each image embedded once, however many pairs name it)."""
+    """A pair list over a folder of images (each image embedded once, however many pairs name it); with an
+    ``aligner``, raw photos whose faces it crops."""
 
-    def __init__(self, pairs: PairList) -> None:
-        self.name, self.pairs, self.issame = pairs.name, pairs, pairs.issame
+    def __init__(self, pairs: PairList, aligner: Optional[PhotoAligner] = None) -> None:
+        self.name, self.pairs, self.issame, self.aligner = pairs.name, pairs, pairs.issame, aligner
         self.unique, self.inverse = np.unique(np.array(pairs.names), return_inverse=True)
 
     def key(self) -> dict[str, Any]:
-        return {"pairs": file_list_digest(self.pairs.base, self.pairs.names)}
+        return {"pairs": file_list_digest(self.pairs.base, self.pairs.names),
+                **({"align": self.aligner.key()} if self.aligner else {})}
 
     def embed(self, backbone: nn.Module, settings: EmbedSettings) -> np.ndarray:
         features = embed_files(backbone, self.pairs.base, list(self.unique), settings.device, settings.batch_size,
                                settings.workers, settings.flip, settings.progress, self.name,
-                               fix="restore the image or remove its pair from the list")
+                               fix="restore the image or remove its pair from the list", **photo_inputs(self.aligner))
         return features[self.inverse]
 
 
-def verification_targets(bins: dict[str, Path], pair_lists: list[Path], images: Path | None) -> dict[str, BinTarget | PairTarget]:
+def verification_targets(bins: dict[str, Path], pair_lists: list[Path], images: Path | None,
+                         aligner: Optional[PhotoAligner] = None) -> dict[str, BinTarget | PairTarget]:
     """Every target by name: ``bins`` (name -> .bin path) and the pair lists over ``images`` (default: each
-    list's folder); two targets of one name are refused."""
+    list's folder; raw photos cropped by ``aligner`` if given); two targets of one name are refused."""
     targets: dict[str, BinTarget | PairTarget] = {name: BinTarget(name, path) for name, path in bins.items()}
     for path in pair_lists:
-        target = PairTarget(read_pairs(path, images if images is not None else path.parent))
+        target = PairTarget(read_pairs(path, images if images is not None else path.parent), aligner)
         if target.name in targets:
             raise DataError(f"two verification targets are named '{target.name}' ({path} and another)",
                             "rename the pair list")
