@@ -70,16 +70,27 @@ def test_extract_features_align_embeds_the_faces_and_skips_photos_without_one(ra
     folder = tmp_path / "photos"
     shutil.copytree(raw / "photos", folder)
     Image.fromarray(np.full((300, 400, 3), 90, np.uint8)).save(folder / "nasa" / "wall.jpg")
+    turned = Image.fromarray(np.rot90(photo("obama.jpg"), 2))  # stored upside down, EXIF orientation 3 turns it up
+    exif = turned.getexif()
+    exif[0x0112] = 3
+    turned.save(folder / "obama" / "zz_turned.jpg", quality=95, exif=exif.tobytes())
     assert load_script("extract_features").main([str(raw / "model.pt"), "--images", str(folder), "--align", "--output",
                                                  str(tmp_path / "feats.npy"), "--workers", "0", "--device", "cpu",
                                                  "--no-progress"]) == 0
     assert f"{folder / 'nasa' / 'wall.jpg'}: no face scores 0.8 or more" in capsys.readouterr().err
     rows = (tmp_path / "feats.txt").read_text().split()
-    assert rows == [f"{identity}/{name}" for identity in sorted(PEOPLE) for name in sorted(PEOPLE[identity])]
+    expected_rows = [f"{identity}/{name}" for identity in sorted(PEOPLE) for name in sorted(PEOPLE[identity])]
+    assert rows == expected_rows + ["obama/zz_turned.jpg"]
     from facetrain import load_backbone
 
-    expected = embed_images(load_backbone(raw / "model.pt"), np.stack([aligned_face(r.split("/")[1]) for r in rows]))
-    np.testing.assert_allclose(np.load(tmp_path / "feats.npy"), expected, rtol=1e-5, atol=1e-5)
+    features = np.load(tmp_path / "feats.npy")
+    expected = embed_images(load_backbone(raw / "model.pt"), np.stack([aligned_face(r.split("/")[1]) for r in expected_rows]))
+    np.testing.assert_allclose(features[:-1], expected, rtol=1e-5, atol=1e-5)
+    from PIL import ImageOps  # the turned photo was turned upright (Pillow's reading of its EXIF) before detection
+
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(folder / "obama" / "zz_turned.jpg")).convert("RGB"))
+    face = crop(upright, central(detect(upright), upright.shape).points)
+    np.testing.assert_allclose(features[-1], embed_images(load_backbone(raw / "model.pt"), face[None])[0], rtol=1e-5, atol=1e-5)
 
 
 def test_identify_align_equals_identifying_the_aligned_folder(raw, tmp_path):
