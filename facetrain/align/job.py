@@ -159,7 +159,7 @@ def align_folder(source: Path, target: Path, options: AlignOptions = AlignOption
     listed = main.detector.listed()
     if listed is not None:
         known = {p.name: p for p in photos}
-        photos = [known.get(name) or list_photos_entry(name, options.format) for name in listed]
+        photos = [known.get(name) or missing_photo(name, options.format) for name in listed]
     if likeness is not None and any(not p.identity for p in photos):
         raise ConfigError(f"{source} holds photos outside identity folders", "--pick model=... needs <input>/<identity>/<photo>")
     if not photos:
@@ -167,10 +167,12 @@ def align_folder(source: Path, target: Path, options: AlignOptions = AlignOption
     target.mkdir(parents=True, exist_ok=True)
     settings = run_settings(options, main.detector, likeness)
     journal = Journal(target, settings)
+    outputs = {p.name: p.output for p in photos}
     done = {name: r for name, r in journal.load().items()
-            if r.status != ALIGNED or (target / output_of(name, photos)).is_file()}
-    for folder in {(target / p.output).parent for p in photos if (target / p.output).parent.is_dir()}:
-        remove_stale_temps(folder)
+            if name in outputs and (r.status != ALIGNED or (target / outputs[name]).is_file())}
+    for folder in {(target / p.output).parent for p in photos}:
+        if folder.is_dir():
+            remove_stale_temps(folder)  # crops a kill left half written
     todo = [p for p in photos if p.name not in done]
     journal.open(done)
     try:
@@ -185,11 +187,7 @@ def align_folder(source: Path, target: Path, options: AlignOptions = AlignOption
     return write_outputs(target, records, settings, LIKENESS_RULE if likeness else POSITION_RULE)
 
 
-def output_of(name: str, photos: list[Photo]) -> str:
-    return next(p.output for p in photos if p.name == name)
-
-
-def list_photos_entry(name: str, suffix: str) -> Photo:
+def missing_photo(name: str, suffix: str) -> Photo:
     """A photo a landmarks file names that is not in the folder (it is reported unreadable)."""
     return Photo(name, f"{os.path.splitext(name)[0]}.{suffix}")
 
@@ -237,11 +235,13 @@ def _second_pass(main: PhotoWorker, photos: list[Photo], pending: list[Outcome],
     waiting: dict[str, list[Outcome]] = defaultdict(list)
     for outcome in pending:
         waiting[by_name[outcome.record.photo].identity].append(outcome)
+    singles: dict[str, list[Photo]] = defaultdict(list)
+    for record in done.values():
+        if record.status == ALIGNED and record.faces == 1 and by_name[record.photo].identity in waiting:
+            singles[by_name[record.photo].identity].append(by_name[record.photo])
     with tqdm(total=len(pending), desc="pick", unit="photo", disable=not progress, dynamic_ncols=True) as bar:
         for identity in sorted(waiting):
-            centre = _identity_centre(main, [by_name[r.photo] for r in done.values() if r.status == ALIGNED
-                                             and r.faces == 1 and by_name.get(r.photo) and by_name[r.photo].identity == identity],
-                                      done, likeness)
+            centre = _identity_centre(main, singles[identity], done, likeness)
             for outcome in sorted(waiting[identity], key=lambda o: o.record.photo):
                 photo, count = by_name[outcome.record.photo], outcome.record.faces
                 image = read_photo(main.source / photo.name)
