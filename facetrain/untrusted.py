@@ -232,14 +232,33 @@ _BIN_GLOBALS: dict[str, Any] = {
 }
 
 
+_COPYING = {"_codecs.encode", "builtins.bytearray", "__builtin__.bytearray"}  # make new bytes from a value
+
+
 class _DataUnpickler(pickle.Unpickler):
-    """An unpickler that can build only the values of :data:`_BIN_GLOBALS` (no other import)."""
+    """An unpickler that can build only the values of :data:`_BIN_GLOBALS` (no other import), and whose calls
+    make at most ``budget`` bytes in all (a file could otherwise copy one stored value many times over with
+    a few bytes per copy)."""
+
+    def __init__(self, file: Any, budget: int) -> None:
+        super().__init__(file, encoding="bytes")
+        self.budget = budget
 
     def find_class(self, module: str, name: str) -> Any:
         found = _BIN_GLOBALS.get(f"{module}.{name}")
         if found is None:
             raise Refused(f"it would import {module}.{name}")
-        return found
+        return self._counted(found) if f"{module}.{name}" in _COPYING else found
+
+    def _counted(self, make: Callable[..., bytes | bytearray]) -> Callable[..., bytes | bytearray]:
+        def counted(*args: Any) -> bytes | bytearray:
+            made = make(*args)
+            self.budget -= len(made)
+            if self.budget < 0:
+                raise Refused("it makes more bytes than the file holds (copies of the same stored value)")
+            return made
+
+        return counted
 
 
 def load_data_pickle(path: Path, holds: str) -> Any:
@@ -254,7 +273,7 @@ def load_data_pickle(path: Path, holds: str) -> Any:
         if is_trusted(path):
             return pickle.load(f, encoding="bytes")
         try:
-            return _resolved(_DataUnpickler(f, encoding="bytes").load())
+            return _resolved(_DataUnpickler(f, budget=os.fstat(f.fileno()).st_size).load())
         except Refused as exc:
             raise refuse(path, str(exc), holds) from None
 

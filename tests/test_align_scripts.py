@@ -45,7 +45,8 @@ def aligned_face(name: str) -> np.ndarray:
 def test_make_bin_align_stores_each_photos_aligned_face(raw, tmp_path):
     assert load_script("make_bin").main([str(raw / "pairs.txt"), "--images", str(raw / "photos"), "--align",
                                          "--output", str(tmp_path / "mine.bin")]) == 0
-    images, issame = load_verification_bin(tmp_path / "mine.bin")
+    loaded = load_verification_bin(tmp_path / "mine.bin")
+    images, issame = loaded.pair_images(), loaded.issame
     names = [name for line in (raw / "pairs.txt").read_text().splitlines() for name in line.split()[:2]]
     assert len(images) == len(names) == 2 * len(issame)
     for name, image in zip(names, images):

@@ -206,7 +206,8 @@ def test_verification_bin_written_by_python2(tmp_path):
     (tmp_path / "lfw.bin").write_bytes(python2_pickle(images, [True, False]))
     with pytest.raises(UnicodeDecodeError):  # what a reader without encoding="bytes" meets
         pickle.loads((tmp_path / "lfw.bin").read_bytes())
-    arrays, issame = load_verification_bin(tmp_path / "lfw.bin")
+    loaded = load_verification_bin(tmp_path / "lfw.bin")
+    arrays, issame = loaded.pair_images(), loaded.issame
     assert arrays.shape == (4, 112, 112, 3) and arrays.dtype == np.uint8 and issame.tolist() == [True, False]
     assert np.array_equal(arrays[2], decode_image(images[2]))
 
@@ -216,7 +217,8 @@ def test_verification_bin_python3_arrays_and_encoded_arrays(tmp_path):
     entries = [raw[0], np.frombuffer(encode_jpeg(raw[1]), np.uint8), encode_jpeg(raw[2]), bytearray(encode_jpeg(raw[3]))]
     with open(tmp_path / "cfp_fp.bin", "wb") as f:
         pickle.dump((entries, np.array([False, True])), f)
-    arrays, issame = load_verification_bin(tmp_path / "cfp_fp.bin")
+    loaded = load_verification_bin(tmp_path / "cfp_fp.bin")
+    arrays, issame = loaded.pair_images(), loaded.issame
     assert np.array_equal(arrays[0], raw[0]) and np.abs(arrays[1].astype(int) - raw[1]).mean() < 3
     assert issame.dtype == bool and issame.tolist() == [False, True]
     (tmp_path / "odd.bin").write_bytes(pickle.dumps((entries[:3], [True, False])))
@@ -251,7 +253,8 @@ def test_synthetic_is_insightface_layout(synthetic_root):
     assert header.flag == 2 and header.label.tolist() == [25.0, 31.0]
     identity_range, _ = unpack_record(dataset.reader.read(25 + 2))
     assert identity_range.label.tolist() == [9.0, 13.0]
-    images, issame = load_verification_bin(synthetic_root / "synthetic_val.bin")
+    loaded = load_verification_bin(synthetic_root / "synthetic_val.bin")
+    images, issame = loaded.pair_images(), loaded.issame
     assert images.shape == (40, 112, 112, 3) and issame.sum() == 10
 
 

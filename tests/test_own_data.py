@@ -109,7 +109,8 @@ def test_make_bin_round_trip(people, tmp_path, capsys):
     assert make_bin.main([str(tmp_path / "pairs.txt"), "--images", str(people["images"]),
                           "--output", str(tmp_path / "mine.bin")]) == 0
     assert "20 pairs (10 same)" in capsys.readouterr().err
-    images, issame = load_verification_bin(tmp_path / "mine.bin")
+    loaded = load_verification_bin(tmp_path / "mine.bin")
+    images, issame = loaded.pair_images(), loaded.issame
     assert issame.tolist() == same
     for image, name in zip(images, [p for pair in paths for p in pair]):  # stored byte for byte
         np.testing.assert_array_equal(image, decode_image((people["images"] / name).read_bytes()))
@@ -121,7 +122,8 @@ def test_make_bin_round_trip(people, tmp_path, capsys):
     assert targets["mine"] == pytest.approx(targets["pairs"])
 
     assert make_bin.main([str(big / "odd.txt"), "--output", str(tmp_path / "odd.bin")]) == 0
-    odd, _ = load_verification_bin(tmp_path / "odd.bin")
+    loaded = load_verification_bin(tmp_path / "odd.bin")
+    odd = loaded.pair_images()
     assert odd.shape == (2, 112, 112, 3)
     np.testing.assert_array_equal(odd[0], resize_square(decode_image((big / "Person_A" / "big.jpg").read_bytes()), 112))
 

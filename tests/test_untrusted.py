@@ -22,7 +22,7 @@ from PIL import Image
 
 import facetrain
 from facetrain.data import load_verification_bin
-from facetrain.data.images import encode_jpeg, encode_png
+from facetrain.data.images import decode_image, encode_jpeg, encode_png
 from facetrain.engine.checkpoint import (FORMAT_VERSION, checksum_path, load_checkpoint, newest_checkpoint, rng_state,
                                          save_checkpoint, set_rng_state)
 from facetrain.errors import DataError, ResumeError
@@ -78,7 +78,8 @@ def test_every_real_bin_layout_loads(tmp_path, protocol):
     for issame in ([False, True], np.array([False, True]), [np.bool_(False), np.bool_(True)]):
         path = tmp_path / "set.bin"
         path.write_bytes(pickle.dumps((entries, issame), protocol=protocol))
-        images, labels = load_verification_bin(path)
+        loaded = load_verification_bin(path)
+        images, labels = loaded.pair_images(), loaded.issame
         assert images.shape == (4, 112, 112, 3) and np.array_equal(images[0], raw[0])
         assert labels.tolist() == [False, True]
 
@@ -129,7 +130,8 @@ def test_python2_numpy_arrays_load_encoded_and_decoded(tmp_path):
                python2_str(encode_jpeg(raw[0])), python2_array(raw[1])]
     path = tmp_path / "py2.bin"
     path.write_bytes(pickle_of((entries, [True, False])))
-    images, issame = load_verification_bin(path)
+    loaded = load_verification_bin(path)
+    images, issame = loaded.pair_images(), loaded.issame
     assert images.shape == (4, 112, 112, 3) and np.array_equal(images[1], raw[1]) and np.array_equal(images[0], images[2])
     assert issame.tolist() == [True, False]
 
@@ -153,14 +155,27 @@ def test_a_bin_makes_no_array_beyond_its_own_bytes(tmp_path, entry, reason):
 
 
 def test_image_sizes_and_counts_are_bounded_by_the_file(tmp_path):
-    wide, repeated = tmp_path / "wide.bin", tmp_path / "repeated.bin"
+    wide, copies = tmp_path / "wide.bin", tmp_path / "copies.bin"
     wide.write_bytes(pickle_of(([array((1, 2000, 3), UINT8, bytes(6000))] * 2, [True])))
     with pytest.raises(DataError, match=rf"^image 0 of {re.escape(str(wide))} is 2000x1 pixels; .*at most 1024"):
         load_verification_bin(wide)
-    repeated.write_bytes(pickle_of(([remembered(encode_jpeg(face(1)), 0)] + [recalled(0)] * 1999, [True] * 1000)))
-    with pytest.raises(DataError, match=rf"^{re.escape(str(repeated))} would decode to 72 MiB \(2000 images of 112x112\), "
+    # 2000 distinct arrays viewing one stored JPEG: each is an image of its own, to be decoded
+    jpeg = encode_jpeg(np.zeros((512, 512, 3), np.uint8))
+    entries = [array((len(jpeg),), UINT8, remembered(jpeg, 0))] + [array((len(jpeg),), UINT8, recalled(0))] * 1999
+    copies.write_bytes(pickle_of((entries, [True] * 1000)))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(copies))} would decode to 1500 MiB \(2000 images of 512x512\), "
                                         r"more than 256 times its \d+ bytes"):
-        load_verification_bin(repeated)
+        load_verification_bin(copies)
+
+
+def test_an_image_the_file_names_in_many_pairs_is_decoded_and_held_once(tmp_path):
+    """make_bin.py stores an image named by several pairs once (pickle's memo): 2000 pair members over one
+    stored JPEG load as one image and an index, not 2000 decoded copies."""
+    path = tmp_path / "repeated.bin"
+    path.write_bytes(pickle_of(([remembered(encode_jpeg(face(1)), 0)] + [recalled(0)] * 1999, [True] * 1000)))
+    loaded = load_verification_bin(path)
+    assert loaded.images.shape == (1, 112, 112, 3) and loaded.index.tolist() == [0] * 2000
+    assert np.array_equal(loaded.images[0], decode_image(encode_jpeg(face(1))))
 
 
 @pytest.mark.parametrize("options", [{}, {"progressive": True}, {"optimize": True, "quality": 40}, {"subsampling": 0}])
@@ -173,7 +188,8 @@ def test_jpegs_of_every_layout_and_pngs_load(tmp_path, options):
     entries = [buffer.getvalue(), grey.getvalue(), encode_png(image), cv2.imencode(".jpg", image[..., ::-1])[1].tobytes()]
     path = tmp_path / "layouts.bin"
     path.write_bytes(pickle.dumps((entries, [True, False])))
-    images, _ = load_verification_bin(path)
+    loaded = load_verification_bin(path)
+    images = loaded.pair_images()
     assert images.shape == (4, 112, 112, 3) and np.array_equal(images[2], image)
 
 
@@ -188,7 +204,8 @@ def test_sizes_are_read_from_headers_as_the_decoder_turns_the_images(tmp_path):
 
     path = tmp_path / "turned.bin"
     path.write_bytes(pickle.dumps(([turned_jpeg(v) for v in (0, 80, 160, 240)], [True, False])))
-    images, _ = load_verification_bin(path)
+    loaded = load_verification_bin(path)
+    images = loaded.pair_images()
     assert images.shape == (4, 112, 96, 3) and images[3].min() > 200
 
 

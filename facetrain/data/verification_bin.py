@@ -6,6 +6,7 @@ import os
 import pickle
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional
 
@@ -21,14 +22,30 @@ MAX_EXPANSION = 256  # decoded bytes per byte of the file: encoded face crops de
 _FIX = "use a pickle of (images, issame_list) as insightface writes them"
 
 
-def load_verification_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 [2P,112,112,3] RGB, issame bool [P])``; pair i is rows 2i and 2i+1.
+@dataclass(frozen=True)
+class VerificationSet:
+    """A decoded ``.bin``: each distinct image once (``images`` uint8 RGB ``[U, H, W, 3]``), ``index`` ``[2P]``
+    its row for every pair member (pair i is ``images[index[2i]]``, ``images[index[2i + 1]]``) and ``issame``
+    bool ``[P]``. A set that names one image in many pairs holds it once in memory."""
+
+    images: np.ndarray
+    index: np.ndarray
+    issame: np.ndarray
+
+    def pair_images(self) -> np.ndarray:
+        """Every pair member's image, ``[2P, H, W, 3]`` (materialised: for small sets and tests)."""
+        return self.images[self.index]
+
+
+def load_verification_bin(path: str | os.PathLike) -> VerificationSet:
+    """The decoded set of a ``.bin``; pair i is entries 2i and 2i+1.
 
     Reads Python 2 and 3 pickles; entries may be encoded image bytes or uint8 arrays. Nothing else is
     unpickled (:func:`facetrain.untrusted.load_data_pickle`): a file that would import anything is refused.
     """
     bins, issame = read_verification_bin(path)
-    return decode_verification_images(bins, path), issame
+    images, index = decode_verification_images(bins, path)
+    return VerificationSet(images, index, issame)
 
 
 def read_verification_bin(path: str | os.PathLike) -> tuple[list, np.ndarray]:
@@ -67,17 +84,27 @@ def read_verification_bin(path: str | os.PathLike) -> tuple[list, np.ndarray]:
     return bins, issame
 
 
-def decode_verification_images(bins: list, path: str | os.PathLike) -> np.ndarray:
-    """The entries of :func:`read_verification_bin` as uint8 RGB ``[2P, H, W, 3]``: every image the size of
-    the first, each checked before it is decoded; an entry the file repeats is decoded once."""
+def decode_verification_images(bins: list, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, index)`` of the entries of :func:`read_verification_bin`: each distinct entry decoded once to
+    uint8 RGB (``images [U, H, W, 3]``, every image the size of the first, checked before it is decoded) and
+    ``index [2P]`` its row for every entry. An entry the file repeats (pickle's memo) is one image."""
+    rows = _distinct_rows(bins)
     first = _as_image(bins[0], f"image 0 of {path}")
-    images = np.empty((len(bins), *first.shape), np.uint8)
+    images = np.empty((int(rows.max()) + 1, *first.shape), np.uint8)
     images[0] = first
-    first_index = {id(bins[0]): 0}
-    for i, entry in enumerate(bins[1:], start=1):
-        earlier = first_index.setdefault(id(entry), i)
-        images[i] = images[earlier] if earlier < i else _as_image(entry, f"image {i} of {path}", first.shape[:2])
-    return images
+    decoded = 1
+    for i, (entry, row) in enumerate(zip(bins, rows)):
+        if row == decoded:  # rows are numbered in order of first appearance
+            images[row] = _as_image(entry, f"image {i} of {path}", first.shape[:2])
+            decoded += 1
+    return images, rows
+
+
+def _distinct_rows(bins: list) -> np.ndarray:
+    """For every entry, the row of its distinct image, numbered in order of first appearance (an entry is the
+    same image as an earlier one when it is the same object: the file stored it once)."""
+    first_seen: dict[int, int] = {}
+    return np.array([first_seen.setdefault(id(entry), len(first_seen)) for entry in bins], dtype=np.int64)
 
 
 def _labels(issame: object, path: Path) -> np.ndarray:
@@ -102,12 +129,13 @@ def _check_entry(entry: object, what: str) -> None:
 
 def _check_decoded_size(bins: list, path: Path) -> None:
     height, width = _image_size(bins[0], f"image 0 of {path}")
-    decoded, file_size = len(bins) * height * width * 3, path.stat().st_size
+    distinct = int(_distinct_rows(bins).max()) + 1
+    decoded, file_size = distinct * height * width * 3, path.stat().st_size
     if decoded > MAX_EXPANSION * file_size:
-        raise DataError(f"{path} would decode to {decoded / 2**20:.0f} MiB ({len(bins)} images of {width}x{height}), "
+        raise DataError(f"{path} would decode to {decoded / 2**20:.0f} MiB ({distinct} images of {width}x{height}), "
                         f"more than {MAX_EXPANSION} times its {file_size} bytes",
                         "a verification .bin holds each image's encoded bytes (face crops decode to about 5-10 times "
-                        "their size); for a pair list that repeats images many times, evaluate it with --pairs")
+                        "their size); re-create it from the images")
 
 
 def _encoded(entry: bytes | bytearray | np.ndarray) -> bytes:

@@ -31,8 +31,8 @@ class VerificationCallback:
 
     def __call__(self, backbone: nn.Module) -> dict[str, dict[str, Any]]:
         results = {}
-        for name, (images, issame) in self.sets.items():
-            embeddings = embed_images(backbone, images, self.batch_size, self.device, self.flip, self.channels_last,
+        for name, pairs in self.sets.items():
+            embeddings = embed_images(backbone, pairs.images, self.batch_size, self.device, self.flip, self.channels_last,
                                       self.progress, name)
-            results[name] = {"pairs": len(issame), **evaluate(embeddings, issame)}
+            results[name] = {"pairs": len(pairs.issame), **evaluate(embeddings[pairs.index], pairs.issame)}
         return results

@@ -38,8 +38,9 @@ class BinTarget:
         return {"bin": file_list_digest(self.path.parent, [self.path.name])}
 
     def embed(self, backbone: nn.Module, settings: EmbedSettings) -> np.ndarray:
-        return embed_images(backbone, decode_verification_images(self.encoded, self.path), settings.batch_size, settings.device, settings.flip,
-                            progress=settings.progress, desc=self.name)
+        images, index = decode_verification_images(self.encoded, self.path)
+        return embed_images(backbone, images, settings.batch_size, settings.device, settings.flip,
+                            progress=settings.progress, desc=self.name)[index]
 
 
 class PairTarget:
