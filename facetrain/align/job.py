@@ -145,8 +145,9 @@ def run_settings(options: AlignOptions, detector: Detector, likeness: Optional[L
     model = YUNET_SHA256 if options.model is None else file_sha256(Path(options.model))
     detection = {} if detector.listed() is not None else {
         "input_size": options.settings.input_size, "min_face": detector.min_face, "score_threshold": detector.threshold}
-    return {"detector": options.detector, "model_sha256": model, **detection, "size": options.size,
-            "format": options.format, "choice": "likeness " + likeness.key if likeness else "position"}
+    return {"detector": options.detector, "model_sha256": model, **detector.points_key(), **detection,
+            "size": options.size, "format": options.format,
+            "choice": "likeness " + likeness.key if likeness else "position"}
 
 
 def align_folder(source: Path, target: Path, options: AlignOptions = AlignOptions(),

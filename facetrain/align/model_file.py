@@ -1,4 +1,4 @@
-"""The detector model shipped with facetrain, checked against its recorded SHA-256 before it is loaded."""
+"""The models shipped with facetrain (YuNet, MTCNN's ONet), each checked against its recorded SHA-256 before it is loaded."""
 from __future__ import annotations
 
 import functools
@@ -10,6 +10,8 @@ from facetrain.errors import ModelError
 MODELS = Path(__file__).resolve().parent / "models"
 YUNET_FILE = MODELS / "face_detection_yunet_2023mar_int8bq.onnx"
 YUNET_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"  # the OpenCV Zoo's Git LFS object id
+ONET_FILE = MODELS / "mtcnn_onet.safetensors"
+ONET_SHA256 = "d40516d24ee2692b53f44a003c4e21bf575b0fb105694f2ce2bdcd7cb561734a"  # MTCNN's ONet (models/README.md)
 REINSTALL = "reinstall facetrain (pip install -e .), or pass --detector-model FILE"
 
 

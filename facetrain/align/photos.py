@@ -48,7 +48,9 @@ class PhotoAligner:
 
     def key(self) -> dict[str, Any]:
         """What the crops depend on, for feature caches."""
+        detector = self._detector or build_detector(self.detector_name, self.settings, self.model)
         return {"detector": self.detector_name, "model_sha256": YUNET_SHA256 if self.model is None else file_sha256(self.model),
+                **detector.points_key(),
                 "input_size": self.settings.input_size, "min_face": self.settings.min_face,
                 "score_threshold": self.settings.score_threshold, "choice": "position", "size": 112}
 

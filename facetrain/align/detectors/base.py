@@ -16,6 +16,7 @@ class Detector(ABC):
 
     name: ClassVar[str]
     default_threshold: ClassVar[float]
+    points_sha256: Optional[str] = None  # the model that places the five points, where it is not the detector's own
 
     def __init__(self, settings: DetectorSettings) -> None:
         self.settings = settings
@@ -29,6 +30,10 @@ class Detector(ABC):
     def faces(self, image: np.ndarray, name: str) -> list[Face]:
         """The faces of photo ``name`` (a detector looks at the pixels; a landmarks file looks the name up)."""
         return self.detect(image)
+
+    def points_key(self) -> dict[str, str]:
+        """What the crops depend on beyond the detector's model: the model that places the five points, if another."""
+        return {} if self.points_sha256 is None else {"points_model_sha256": self.points_sha256}
 
     def listed(self) -> Optional[list[str]]:
         """The photos this source knows, by name (None: any photo)."""
