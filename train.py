@@ -19,7 +19,7 @@ from facetrain.cli import defer_errors, run_cli
 @defer_errors
 def main(cfg: DictConfig) -> Optional[float]:
     """Train; return the best accuracy of ``sweep.objective`` (what a sweeper such as Optuna optimises)."""
-    from facetrain.engine.sweep import objective
+    from facetrain.sweeps.sweep import objective
     from facetrain.train import run
 
     return objective(cfg, run(cfg))

@@ -4,34 +4,29 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional
 
 from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from facetrain.config import register_schemas
-from facetrain.engine.distributed import cleanup, init_distributed, is_collective_failure
-from facetrain.engine.plugins import missing_launcher_command, plugin_missing
-from facetrain.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
-from facetrain.engine.run_dir import agree_on_run_stamp, register_resolvers
-from facetrain.engine.submitit_jobs import in_submitit_job, leave
+from facetrain.config.plugins import store_plugin_configs
 from facetrain.errors import FacetrainError
+from facetrain.parallel.groups import cleanup, init_distributed
+from facetrain.runs.failure import describe_error, is_user_error
+from facetrain.runs.preemption import PREEMPTED_EXIT_CODE, Preempted
+from facetrain.runs.run_dir import agree_on_run_stamp, register_resolvers
+from facetrain.sweeps.submitit_jobs import in_submitit_job, leave
 
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
-# submitit's signal for "preempted or near the time limit": one of facetrain's stop signals (engine/preemption.py),
-# so a submitit job saves a checkpoint before submitit re-queues it (engine/submitit_jobs.py)
+# submitit's signal for "preempted or near the time limit": one of facetrain's stop signals (runs/preemption.py),
+# so a submitit job saves a checkpoint before submitit re-queues it (sweeps/submitit_jobs.py)
 SUBMITIT_SIGNAL_ENV, SUBMITIT_SIGNAL = "SUBMITIT_PREEMPT_SIGNAL", "USR1"
-TRACEBACK_HINT = "set HYDRA_FULL_ERROR=1 for the full traceback"
 PATH_KEYS = ("resume", "init.backbone")  # keys whose value names a run directory
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # the folder train.py composes from
 
 
 _deferred: list[BaseException] = []
@@ -47,11 +42,18 @@ class SweepStopped(BaseException):
                          f"sweep.name={sweep_name} (each job continues from its checkpoints)")
 
 
+def prepare_hydra() -> None:
+    """What Hydra needs before it composes facetrain's configs: the schemas, the plugins' configs as facetrain
+    sets them (launchers, sweepers) and the run-directory resolvers."""
+    register_schemas()
+    store_plugin_configs()
+    register_resolvers()
+
+
 def compose_train_config(overrides: list[str], config_dir: Path) -> DictConfig:
     """The training config ``train.py`` would get from ``config_dir`` with ``overrides`` (Hydra's
     compose API: for tools that build a trainer outside a Hydra run)."""
-    register_schemas()
-    register_resolvers()
+    prepare_hydra()
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
@@ -100,8 +102,7 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
     os.environ[FULL_ERROR_ENV] = "1"  # let exceptions reach us instead of Hydra's multi-line report
     os.environ["OC_CAUSE"] = "1"  # keep the original exception behind OmegaConf's wrapper
     os.environ.setdefault(SUBMITIT_SIGNAL_ENV, SUBMITIT_SIGNAL)  # inherited by submitit's jobs
-    register_schemas()
-    register_resolvers()
+    prepare_hydra()
     sys.argv[1:] = quote_paths(sys.argv[1:])
     try:
         init_distributed()
@@ -119,7 +120,7 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
         if wants_traceback:
             raise
         print(f"facetrain: error: {describe_error(exc)}", file=sys.stderr)
-        sys.exit(2 if _is_user_error(exc) else 1)
+        sys.exit(2 if is_user_error(exc) else 1)
     finally:
         cleanup()
 
@@ -148,119 +149,3 @@ def run_script(prog: str, work: Callable[[], Optional[int]]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-
-
-def _is_user_error(exc: BaseException) -> bool:
-    return isinstance(_root_cause(exc), (FacetrainError, OmegaConfBaseException, MissingConfigException))
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The most telling exception in the chain: our own or Hydra's missing config first, then the
-    innermost OmegaConf error, else ``exc`` itself."""
-    chain = []
-    while exc is not None and exc not in chain:
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    found = [e for e in chain if isinstance(e, (FacetrainError, MissingConfigException))]
-    if found:
-        return found[-1]
-    launcher = missing_launcher_command(chain)
-    if launcher is not None:
-        return launcher
-    omegaconf = [e for e in chain if isinstance(e, OmegaConfBaseException)]
-    keyed = [e for e in omegaconf if getattr(e, "full_key", None)]  # formatted with the real value and type
-    return keyed[0] if keyed else omegaconf[-1] if omegaconf else chain[0]
-
-
-def _full_key(exc: BaseException) -> str:
-    """The dotted config key an OmegaConf error is about (outer wrappers know it best)."""
-    while exc is not None:
-        if getattr(exc, "full_key", None):
-            return str(exc.full_key)
-        exc = exc.__cause__ or exc.__context__
-    return ""
-
-
-def _given(exc: BaseException) -> str:
-    """The value an OmegaConf validation error is about, as the user wrote it."""
-    value = getattr(exc, "value", None)
-    return "null" if value is None else str(value)
-
-
-_SET_IN = re.compile(r"^In '([\w./-]+/[\w.-]+)': ")  # Hydra's composition errors name the file being merged
-
-
-def _set_in(exc: BaseException) -> Optional[str]:
-    """The config file of a group (``experiment/smoke``) whose merge raised ``exc``, if any (not train.yaml)."""
-    seen: list[BaseException] = []
-    while exc is not None and exc not in seen:
-        seen.append(exc)
-        if found := _SET_IN.match(str(exc)):
-            return found.group(1)
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _chosen(group: str) -> Optional[str]:
-    """The option of config ``group`` given on the command line (``dataset=imagefolder``), if any."""
-    for arg in reversed(sys.argv[1:]):
-        key, sep, value = arg.lstrip("+~").partition("=")
-        if sep and key == group:
-            return value
-    return None
-
-
-def _unknown_key(key: str, source: Optional[str]) -> str:
-    """An unknown key typed by the user, or one set by a config file (a preset) for a group option that lacks it."""
-    if source is None:
-        return f"unknown config key '{key}'; check its spelling (python train.py --cfg job lists every key)"
-    preset, group = "=".join(source.rsplit("/", 1)), key.split(".")[0]
-    lacking = f"{group}={_chosen(group)}" if _chosen(group) else f"the {group} in use"
-    return (f"config key '{key}' is set by {preset} (configs/{source}.yaml), but {lacking} has no such key; "
-            f"use the {group} that {preset} is written for, or drop {preset}")
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
-
-
-def group_options(group: str) -> list[str]:
-    """The configs of ``group``: its files in :data:`CONFIG_DIR` and those in Hydra's ConfigStore (Hydra names
-    them for a single choice, ``logger=nope``, but not for a member of a list, ``logger=[tensorboard,nope]``)."""
-    names = {path.stem for path in (CONFIG_DIR / group).glob("*.yaml")}
-    try:
-        names |= {name.removesuffix(".yaml") for name in ConfigStore.instance().list(group) if name.endswith(".yaml")}
-    except OSError:  # no such group in the store
-        pass
-    return sorted(names)
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line naming the problem and, where we know it, the fix."""
-    cause = _root_cause(exc)
-    if isinstance(cause, FacetrainError):
-        return str(cause)
-    if isinstance(cause, MissingConfigException):
-        if (missing_plugin := plugin_missing(cause.missing_cfg_file or "")) is not None:
-            return str(missing_plugin)
-        group, _, choice = (cause.missing_cfg_file or "").rpartition("/")
-        options = cause.options or (group_options(group) if group else [])
-        if options:
-            return f"unknown {group} '{choice}'; choose one of: {', '.join(sorted(options))}"
-        return f"{_first_line(str(cause))}; check the name and the configs/ folder"
-    if isinstance(cause, OmegaConfBaseException):
-        key = _full_key(exc)
-        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-            return _unknown_key(key, _set_in(exc))
-        if isinstance(cause, MissingMandatoryValue):
-            return f"{key} is not set; pass {key}=<value> on the command line"
-        if isinstance(cause, ValidationError):
-            return f"{key}={_given(cause)} is invalid: {_first_line(str(cause))}; give a value of the key's type"
-        return f"{_first_line(str(cause))}" + (f" (key {key})" if key else "")
-    if isinstance(exc, OmegaConfBaseException) or exc.__class__.__module__.startswith("hydra"):
-        return _first_line(str(exc))
-    if is_collective_failure(cause):
-        reason = re.sub(r"^\[[^\]]*\]\s*", "", _first_line(str(cause))).split(". ")[0]  # drop gloo's source location
-        return (f"lost contact with another rank ({reason}): a rank died or stopped answering; its log says why "
-                "(trainer.dist_timeout_s bounds the wait). Fix that, then run again with resume=auto")
-    return f"{exc.__class__.__name__}: {_first_line(str(exc))} ({TRACEBACK_HINT})"

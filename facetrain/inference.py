@@ -2,34 +2,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from facetrain.engine.checkpoint import BEST_NAME, CorruptCheckpointError, load_checkpoint, newest_checkpoint
-from facetrain.engine.run_dir import CHECKPOINT_DIR
 from facetrain.errors import ConfigError, ModelError
+from facetrain.runs.checkpoint import CorruptCheckpointError, load_checkpoint
+from facetrain.runs.run_dir import find_checkpoint
 from facetrain.weights import build_loaded, recognise
 from facetrain.weights.files import READ_AGAIN, SAFETENSORS, checkpoint_weights, file_format, read_weight_file
-
-
-def find_checkpoint(path: str | os.PathLike) -> Path:
-    """``path`` if it is a file; for a run directory (or its ``checkpoints/``) the newest step
-    checkpoint, else ``best.pt``."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise ModelError(f"{path} does not exist", "pass a checkpoint file (.pt) or a run directory")
-    for folder in (path / CHECKPOINT_DIR, path):
-        found = newest_checkpoint(folder)
-        if found is None and (folder / BEST_NAME).is_file():
-            found = folder / BEST_NAME
-        if found is not None:
-            return found
-    raise ModelError(f"{path} holds no checkpoint ({CHECKPOINT_DIR}/step_*.pt or {BEST_NAME})",
-                     "pass the run directory of a run that saved one, or a checkpoint file")
 
 
 def load_backbone(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:

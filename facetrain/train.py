@@ -14,22 +14,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from facetrain.backbones import build_backbone
 from facetrain.data import TrainData, build_train_data, resolve_targets
-from facetrain.engine.cpu_memory import reuse_freed_memory
-from facetrain.engine.distributed import DistInfo, dist_info, set_timeout
+from facetrain.cpu_memory import reuse_freed_memory
+from facetrain.parallel.groups import DistInfo, dist_info, set_timeout
 from facetrain.engine.finetune import freeze_batch_norm, init_head_from_class_means, load_backbone_weights, matches
-from facetrain.engine.logging import setup_logging
+from facetrain.runs.logging import setup_logging
 from facetrain.engine.model import FaceModel
 from facetrain.engine.optim import build_optimizer, build_scheduler
-from facetrain.engine.resume import (check_same_data, load_resume_state, merge_resume_config, override_keys,
+from facetrain.runs.resume import (check_same_data, load_resume_state, merge_resume_config, override_keys,
                                      rescale_max_steps)
-from facetrain.engine.run_dir import auto_resume_note, has_checkpoints
-from facetrain.engine.sync_bn import sync_batchnorm
-from facetrain.engine.trackers import Tracker, open_trackers
-from facetrain.engine.trainer import Trainer, TrainerSettings
-from facetrain.config_checks import check_config
+from facetrain.runs.run_dir import auto_resume_note, has_checkpoints
+from facetrain.parallel.sync_bn import sync_batchnorm
+from facetrain.runs.trackers import Tracker, open_trackers
+from facetrain.engine.settings import TrainerSettings
+from facetrain.engine.trainer import Trainer
+from facetrain.config.checks import check_config
 from facetrain.errors import ConfigError
 from facetrain.eval.callback import VerificationCallback
 from facetrain.heads import Head, build_head
+from facetrain.heads.checks import check_margin
 from facetrain.heads.sharded import shard_head
 
 log = logging.getLogger("facetrain")
@@ -80,6 +82,13 @@ def build_model(backbone: torch.nn.Module, head: Head, build: Callable[[int], He
     if sync_bn and dist.enabled:
         backbone = sync_batchnorm(backbone, device)
     return FaceModel(backbone, head).to(device)
+
+
+def check_training_config(cfg: DictConfig) -> None:
+    """Every key's rule (:func:`facetrain.config.checks.check_config`), then the head's margins against its
+    formula (:func:`facetrain.heads.checks.check_margin`): one line at the first problem, before anything is built."""
+    check_config(cfg)
+    check_margin(OmegaConf.to_container(cfg.loss, resolve=True, enum_to_str=True))
 
 
 def seed_everything(seed: int) -> None:
@@ -206,7 +215,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg = merge_resume_config(cfg, list(HydraConfig.get().overrides.task), checkpoint["config"])
     elif cfg.resume == "auto":
         log.info(f"resume=auto: no earlier run of '{cfg.name}' with a checkpoint, starting a fresh one")
-    check_config(cfg)
+    check_training_config(cfg)
     set_timeout(cfg.trainer.dist_timeout_s)
     log.info(f"run directory {run_dir}" + (f" (resuming at step {checkpoint['step']})" if checkpoint else ""))
     with open_trackers(cfg.logger, run_dir, cfg.name, cfg.output_root, dist.is_main) as tracker:

@@ -65,7 +65,8 @@ def likeness(pick: str, device_name: str) -> Optional[Likeness]:
     from facetrain.eval.embed import embed_images
     from facetrain.eval.feature_cache import checkpoint_digest
     from facetrain.eval.options import embedding_device
-    from facetrain.inference import find_checkpoint, load_backbone
+    from facetrain.inference import load_backbone
+    from facetrain.runs.run_dir import find_checkpoint
 
     checkpoint = find_checkpoint(pick.split("=", 1)[1])
     device = embedding_device(device_name)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 from facetrain.cli import script_parser
-from facetrain.engine.compare import labels, load_run, plot, read_curves, table  # noqa: F401 (read_curves: API)
-from facetrain.engine.sweep import is_sweep, job_labels, sweep_jobs
+from facetrain.sweeps.compare import labels, load_run, plot, read_curves, table  # noqa: F401 (read_curves: API)
+from facetrain.sweeps.sweep import is_sweep, job_labels, sweep_jobs
 from facetrain.errors import FacetrainError
 
 

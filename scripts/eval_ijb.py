@@ -50,7 +50,7 @@ from facetrain.eval.options import (
 )
 from facetrain.eval.plots import plot_cmc, plot_roc, plot_score_histograms, plot_tpir
 from facetrain.eval.roc import far_key
-from facetrain.inference import find_checkpoint
+from facetrain.runs.run_dir import find_checkpoint
 
 
 def format_table(result: IJBResult) -> str:

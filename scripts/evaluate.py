@@ -35,7 +35,7 @@ from facetrain.eval.options import add_embedding_options, embedding_device, pars
 from facetrain.eval.roc import far_key
 from facetrain.eval.targets import EmbedSettings, verification_targets
 from facetrain.eval.verification import evaluate
-from facetrain.inference import find_checkpoint
+from facetrain.runs.run_dir import find_checkpoint
 
 TABLE_FAR = 1e-3
 

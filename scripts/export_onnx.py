@@ -17,7 +17,7 @@ from typing import Optional
 from facetrain import load_backbone
 from facetrain.cli import run_script, script_parser
 from facetrain.export import OPSET, PARITY_TOLERANCE, check_onnx, export_onnx
-from facetrain.inference import find_checkpoint
+from facetrain.runs.run_dir import find_checkpoint
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

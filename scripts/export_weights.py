@@ -20,10 +20,10 @@ from typing import Optional
 import torch
 
 from facetrain.cli import run_script, script_parser
-from facetrain.engine.atomic import atomic_write
-from facetrain.engine.checkpoint import load_checkpoint
+from facetrain.files import atomic_write
+from facetrain.runs.checkpoint import load_checkpoint
 from facetrain.errors import ModelError
-from facetrain.inference import find_checkpoint
+from facetrain.runs.run_dir import find_checkpoint
 from facetrain.weights import FORMATS, check_fitting, export_layout, read_layout, recognise, to_official, write_safetensors
 from facetrain.weights.convert import to_facetrain
 from facetrain.weights.files import checkpoint_weights

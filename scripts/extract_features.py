@@ -30,7 +30,7 @@ from facetrain.errors import DataError
 from facetrain.eval.embed import embed_batches
 from facetrain.eval.image_files import ImageFiles, load_images
 from facetrain.eval.options import add_embedding_options, embedding_device, parse_embedding_args
-from facetrain.inference import find_checkpoint
+from facetrain.runs.run_dir import find_checkpoint
 
 
 def list_images(source: Path) -> tuple[Path, list[str]]:

@@ -33,11 +33,10 @@ import torch
 
 from facetrain.cli import compose_train_config, script_parser
 from facetrain.data import TrainData
-from facetrain.engine.distributed import DistInfo
+from facetrain.parallel.groups import DistInfo
 from facetrain.engine.step_benchmark import RandomFaces, in_memory_batches, time_training
 from facetrain.engine.trainer import Trainer
-from facetrain.config_checks import check_config
-from facetrain.train import build_trainer, seed_everything
+from facetrain.train import build_trainer, check_training_config, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -87,7 +86,7 @@ def trainer_for(size: Size, backbone: str, precision: str, run_dir: Path, *extra
                  f"dataset.num_classes={CLASSES}", "eval.targets=[]", "scheduler.warmup_epochs=0", "optimizer.lr=0.05",
                  f"trainer.device={size.device}", "trainer.num_workers=0", "trainer.progress_bar=false", *extra]
     cfg = compose_train_config(overrides, CONFIGS)
-    check_config(cfg)
+    check_training_config(cfg)
     seed_everything(cfg.seed)
     data = TrainData(RandomFaces(POOL * size.batch_size, CLASSES), CLASSES, Path())
     trainer = build_trainer(cfg, data, run_dir, DistInfo(), torch.device(size.device), evaluate=False)

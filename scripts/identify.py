@@ -43,7 +43,7 @@ from facetrain.eval.galleries import DISTRACTOR, ImageSet, distractor_folder, id
 from facetrain.eval.identification import FPIRS, enrol_mean, identification_metrics, metrics_table, search
 from facetrain.eval.options import add_embedding_options, embedding_device, parse_embedding_args
 from facetrain.eval.plots import plot_cmc, plot_tpir
-from facetrain.inference import find_checkpoint
+from facetrain.runs.run_dir import find_checkpoint
 
 TINYFACE_RANKS = (1, 5, 20)
 

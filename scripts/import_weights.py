@@ -27,12 +27,13 @@ from omegaconf import OmegaConf
 from facetrain.cli import compose_train_config, run_script, script_parser
 from facetrain.data import resolve_targets
 from facetrain.data.transforms import INPUT_CONVENTION
-from facetrain.engine.checkpoint import file_sha256, save_checkpoint
+from facetrain.files import file_sha256
+from facetrain.runs.checkpoint import save_checkpoint
 from facetrain.errors import ModelError
 from facetrain.eval import VerificationCallback
 from facetrain.eval.options import embedding_device
 from facetrain.weights import CHANNEL_ORDERS, build_loaded, read_layout
-from facetrain.weights.check import convention_accuracies, convention_warnings
+from facetrain.eval.input_check import convention_accuracies, convention_warnings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -23,7 +23,7 @@ from facetrain.align.photos import PhotoAligner
 from facetrain.cli import run_script, script_parser
 from facetrain.data.images import decode_image, encode_png, resize_square
 from facetrain.data.verification_bin import save_verification_bin
-from facetrain.engine.atomic import atomic_write
+from facetrain.files import atomic_write
 from facetrain.errors import DataError
 from facetrain.eval.pairs import read_pairs
 

@@ -15,7 +15,7 @@ import torch
 
 from facetrain.backbones import build_backbone
 from facetrain.data.transforms import normalize
-from facetrain.engine.checkpoint import load_checkpoint, save_checkpoint
+from facetrain.runs.checkpoint import load_checkpoint, save_checkpoint
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 TINY_MBF = {"name": "mbf", "blocks": [1, 1, 1, 1], "scale": 1}

@@ -20,7 +20,6 @@ def test_agreement_is_the_mean_point_error_over_the_eye_distance(tmp_path):
     for name, data, ratio in photos:
         for face in yunet.detect(decode_photo(data)):
             points = face.points / ratio  # the reference is in the photos' own pixels
-            eyes = np.linalg.norm(points[0] - points[1])
             exact.append(format_line(name, points, 1.0))
             moved.append(format_line(name, points + 0.1 * (points[1] - points[0]), 1.0))  # along the eye line
     (tmp_path / "exact.txt").write_text("\n".join(exact) + "\n")

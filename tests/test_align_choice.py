@@ -15,7 +15,7 @@ from PIL import Image
 from facetrain.align import DetectorSettings, Face, central, crop, detect
 from facetrain.align.detectors.scrfd import SCRFD
 from facetrain.data.transforms import normalize
-from facetrain.engine.checkpoint import load_checkpoint, save_checkpoint
+from facetrain.runs.checkpoint import load_checkpoint, save_checkpoint
 from tests.align_helpers import PHOTOS, StandInSession, photo
 from tests.eval_helpers import load_script, write_checkpoint
 

@@ -13,7 +13,7 @@ from facetrain.config import register_schemas
 from facetrain.data import RecordDataset, build_augment
 from facetrain.data.images import encode_jpeg
 from facetrain.data.recordio import write_insightface_folder
-from facetrain.engine.run_dir import register_resolvers
+from facetrain.runs.run_dir import register_resolvers
 from facetrain.train import hparams
 from tests.data_helpers import face
 

@@ -14,11 +14,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from facetrain import config as schemas
-from facetrain.cli import _is_user_error, describe_error
+from facetrain.config import groups
+from facetrain.config import schema as top_level
+from facetrain.runs.failure import describe_error, is_user_error
 from facetrain.config import register_schemas
-from facetrain.config_checks import TYPED, check_config, rules
-from facetrain.engine.run_dir import register_resolvers
+from facetrain.config.checks import TYPED, check_config, rules
+from facetrain.runs.run_dir import register_resolvers
+from facetrain.train import check_training_config
 from tests.conftest import SMOKE
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -58,9 +60,9 @@ CASES = cases()
 
 
 def test_every_schema_field_declares_its_rule():
-    classes = [cls for cls in vars(schemas).values() if dataclasses.is_dataclass(cls)]
+    classes = [cls for module in (groups, top_level) for cls in vars(module).values() if dataclasses.is_dataclass(cls)]
     missing = [f"{cls.__name__}.{f.name}" for cls in classes for f in dataclasses.fields(cls) if f.name not in rules(cls)]
-    assert missing == [], "declare a rule (or TYPED) in facetrain/config_checks.py for: " + ", ".join(missing)
+    assert missing == [], "declare a rule (or TYPED) in facetrain/config/checks.py for: " + ", ".join(missing)
 
 
 def wrong_type(value: Any) -> Any:
@@ -81,7 +83,7 @@ def refused(overrides: list[str], key: str, value: str) -> str:
         check_config(cfg)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the user sees describe_error's line
         line = describe_error(exc)
-        assert _is_user_error(exc), f"{override}: {type(exc).__name__} is not a user error (exit 1, not 2): {line}"
+        assert is_user_error(exc), f"{override}: {type(exc).__name__} is not a user error (exit 1, not 2): {line}"
         assert "\n" not in line and key in line and "$VALUE" not in line, f"{override}: {line}"
         return line
     raise AssertionError(f"{' '.join(overrides)} {override} was accepted")
@@ -121,7 +123,7 @@ def test_rules_that_span_keys(overrides, message):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*SMOKE, *overrides])
     with pytest.raises(Exception) as caught:
-        check_config(cfg)
+        check_training_config(cfg)
     assert message in describe_error(caught.value)
 
 

@@ -18,9 +18,9 @@ import torch.multiprocessing as mp
 import facetrain
 import facetrain.engine.trainer as trainer_module
 from facetrain.cli import run_cli
-from facetrain.engine.checkpoint import load_newest_valid
-from facetrain.engine.distributed import adopt_slurm_environment, first_host, set_timeout
-from facetrain.config_checks import check_config
+from facetrain.runs.checkpoint import load_newest_valid
+from facetrain.parallel.groups import adopt_slurm_environment, first_host, set_timeout
+from facetrain.config.checks import check_config
 from facetrain.errors import ConfigError
 from facetrain.train import shards_head
 from tests.conftest import REPO, SMOKE, only_run_dir

@@ -16,6 +16,7 @@ from facetrain.data.synthetic_faces import render_face, sample_identity
 from facetrain.data.transforms import normalize
 from facetrain.errors import ModelError
 from facetrain.eval.verification import evaluate
+from facetrain.runs.run_dir import find_checkpoint
 from tests.eval_helpers import TINY_MBF, load_script, write_checkpoint
 
 evaluate_script = load_script("evaluate")
@@ -117,7 +118,7 @@ def test_load_backbone_from_a_run_directory_takes_the_newest_checkpoint(tmp_path
     loaded = facetrain.load_backbone(tmp_path / "run")
     assert all(torch.equal(a, b) for a, b in zip(newest.state_dict().values(), loaded.state_dict().values()))
     write_checkpoint(tmp_path / "only_best" / "checkpoints" / "best.pt", seed=3)
-    assert facetrain.inference.find_checkpoint(tmp_path / "only_best").name == "best.pt"
+    assert find_checkpoint(tmp_path / "only_best").name == "best.pt"
 
 
 def test_load_backbone_errors_name_the_problem(tmp_path):

@@ -12,8 +12,8 @@ from omegaconf import open_dict
 
 from facetrain.config import register_schemas
 from facetrain.engine.optim import build_optimizer, scaled_lr
-from facetrain.engine.run_dir import register_resolvers
-from facetrain.config_checks import check_config
+from facetrain.runs.run_dir import register_resolvers
+from facetrain.config.checks import check_config
 from facetrain.errors import ConfigError
 from facetrain.train import run
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from facetrain.data.transforms import normalize
-from facetrain.engine.distributed import DistInfo
+from facetrain.parallel.groups import DistInfo
 from facetrain.engine.finetune import class_mean_centres, freeze_batch_norm, init_head_from_class_means
 from facetrain.engine.step_benchmark import loader_batches
 from facetrain.heads import build_head

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from facetrain.backbones import build_backbone
-from facetrain.engine.checkpoint import save_checkpoint
+from facetrain.runs.checkpoint import save_checkpoint
 from tests.eval_helpers import load_script
 
 import_script = load_script("import_weights")

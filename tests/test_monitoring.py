@@ -16,11 +16,12 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 
 from facetrain.data.transforms import normalize
-from facetrain.engine.distributed import DistInfo
-from facetrain.engine.logging import Progress, format_duration, setup_logging
+from facetrain.parallel.groups import DistInfo
+from facetrain.runs.logging import Progress, format_duration, setup_logging
 from facetrain.engine.model import FaceModel
-from facetrain.engine.tensorboard import LOSS_TAG, accuracy_tag
-from facetrain.engine.trainer import Trainer, TrainerSettings
+from facetrain.runs.tensorboard import LOSS_TAG, accuracy_tag
+from facetrain.engine.settings import TrainerSettings
+from facetrain.engine.trainer import Trainer
 from facetrain.heads import build_head
 from tests.test_resilience import Poisoned, TinyFaces
 
@@ -78,7 +79,7 @@ def test_tensorboard_holds_the_head_diagnostics_recomputed_by_hand(tmp_path):
 
     assert last(tb, "train/lr") == 0.0 and last(tb, "train/epoch") == 1.0
     assert last(tb, "train/throughput") > 0 and 0.0 <= last(tb, "train/data_wait") <= 1.0
-    assert last(tb, LOSS_TAG) == pytest.approx(trainer.record.last_loss)
+    assert last(tb, LOSS_TAG) == pytest.approx(trainer.report.record.last_loss)
     assert [(e.step, e.value) for e in tb.Scalars(accuracy_tag("toy"))] == [(0, 0.5), (3, 0.75), (6, pytest.approx(0.7))]
     assert [e.value for e in tb.Scalars(accuracy_tag("toy", best=True))] == [0.5, 0.75, 0.75]
     assert "system/gpu_memory_peak_gib" not in tb.Tags()["scalars"]  # CPU run

@@ -13,10 +13,10 @@ import torch
 
 from facetrain.backbones.iresnet import IResNet
 from facetrain.backbones.mobilefacenet import MobileFaceNet
-from facetrain.engine.checkpoint import load_newest_valid
+from facetrain.runs.checkpoint import load_newest_valid
 from facetrain.engine.nonfinite import NonFiniteError
 from facetrain.engine.trainer import Trainer
-from facetrain.config_checks import check_config
+from facetrain.config.checks import check_config
 from facetrain.errors import ConfigError
 from tests.test_resilience import _composed
 from tests.trainer_helpers import make_trainer

@@ -21,19 +21,20 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-import facetrain.engine.checkpoint as checkpoint_module
+import facetrain.runs.checkpoint as checkpoint_module
 from facetrain.config import register_schemas
 from facetrain.data.transforms import random_hflip, sample_uniform
-from facetrain.engine.checkpoint import (FORMAT_VERSION, CheckpointError, checkpoint_path, load_newest_valid,
+from facetrain.runs.checkpoint import (FORMAT_VERSION, CheckpointError, checkpoint_path, load_newest_valid,
                                          save_checkpoint)
-from facetrain.engine.distributed import DistInfo
+from facetrain.parallel.groups import DistInfo
 from facetrain.engine.model import FaceModel
 from facetrain.engine.nonfinite import NonFiniteError
-from facetrain.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
-from facetrain.engine.resume import check_same_data, merge_resume_config
-from facetrain.engine.run_dir import register_resolvers
-from facetrain.engine.trainer import Trainer, TrainerSettings
-from facetrain.config_checks import check_config
+from facetrain.runs.preemption import PREEMPTED_EXIT_CODE, Preempted
+from facetrain.runs.resume import check_same_data, merge_resume_config
+from facetrain.runs.run_dir import register_resolvers
+from facetrain.engine.settings import TrainerSettings
+from facetrain.engine.trainer import Trainer
+from facetrain.config.checks import check_config
 from facetrain.errors import ConfigError, ResumeError
 from facetrain.heads import build_head
 from tests.conftest import REPO, SMOKE, only_run_dir

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facetrain.engine.run_dir import auto_resume_note, resolve_run_dir
+from facetrain.runs.run_dir import auto_resume_note, resolve_run_dir
 from tests.conftest import SMOKE
 
 QUIET = ["eval.at_start=false", "eval.targets=[]"]

@@ -13,8 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from facetrain.engine.checkpoint import load_newest_valid
-from facetrain.engine.resume import re_express_step, rescale_max_steps
+from facetrain.runs.checkpoint import load_newest_valid
+from facetrain.runs.resume import re_express_step, rescale_max_steps
 from tests.dist_helpers import run_ranks
 from tests.test_resilience import scalars
 from facetrain.engine.trainer import Trainer

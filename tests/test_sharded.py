@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from facetrain.engine.optim import build_optimizer
 from facetrain.heads import build_head
-from facetrain.heads.distributed import ClassPartition, RowShard
+from facetrain.parallel.collectives import ClassPartition, RowShard
 from facetrain.heads.sharded import ShardedHead, per_class_rows, shard_head
 from tests.dist_helpers import run_ranks
 
@@ -164,7 +164,7 @@ def test_classes_are_split_with_the_remainder_spread():
     assert [(partition.start(r), partition.count(r)) for r in range(3)] == [(0, 4), (4, 3), (7, 3)]
     shard = RowShard(partition, 1, rows_per_class=3)
     assert shard.rows(1) == (12, 9) and torch.equal(shard.slice(torch.arange(30)), torch.arange(12, 21))
-    with mock.patch("facetrain.heads.distributed.world_size", return_value=3):
+    with mock.patch("facetrain.parallel.collectives.world_size", return_value=3):
         with pytest.raises(ValueError, match="cannot split 2 classes over 3 ranks"):
             ShardedHead(lambda n: build_head("arcface", 4, n), 2)
 

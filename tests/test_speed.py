@@ -19,10 +19,10 @@ from torch.overrides import TorchFunctionMode
 from facetrain.cli import compose_train_config
 from facetrain.data import TrainData
 from facetrain.data.datasets import FaceDataset
-from facetrain.engine.distributed import DistInfo
+from facetrain.parallel.groups import DistInfo
 from facetrain.engine.step_benchmark import (PEAK_TFLOPS, RandomFaces, gpu_model, in_memory_batches, peak_tflops,
                                              step_flops)
-from facetrain.config_checks import check_config
+from facetrain.config.checks import check_config
 from facetrain.errors import ConfigError, DataError
 from facetrain.train import build_trainer, seed_everything
 from tests.conftest import REPO
@@ -88,7 +88,7 @@ def test_speed_switches_keep_training_results(tmp_path, reference, switch, other
 
 MALLOC_PROBE = """
 import ctypes, sys, torch
-from facetrain.engine.cpu_memory import reuse_freed_memory
+from facetrain.cpu_memory import reuse_freed_memory
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]

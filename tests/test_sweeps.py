@@ -17,11 +17,10 @@ from hydra.errors import MissingConfigException
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from facetrain.cli import describe_error
-from facetrain.config import register_schemas
-from facetrain.engine.plugins import SLURM_COMMANDS
-from facetrain.engine.run_dir import register_resolvers
-from facetrain.engine.sweep import job_labels, sweep_jobs
+from facetrain.runs.failure import describe_error
+from facetrain.cli import prepare_hydra
+from facetrain.config.plugins import SLURM_COMMANDS
+from facetrain.sweeps.sweep import job_labels, sweep_jobs
 from tests.conftest import REPO, SMOKE
 
 SHORT = [*SMOKE, "trainer.max_steps=2", "eval.at_start=false", "dataset.val_pairs=20"]
@@ -187,8 +186,7 @@ def test_resume_continues_a_sweep_job_as_a_run(basic_sweep, tmp_path):
 
 @pytest.fixture
 def configs():
-    register_schemas()
-    register_resolvers()
+    prepare_hydra()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         yield
 

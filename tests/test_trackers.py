@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from facetrain.engine.tensorboard import LOSS_TAG, accuracy_tag
-from facetrain.engine.trackers import open_trackers
+from facetrain.runs.tensorboard import LOSS_TAG, accuracy_tag
+from facetrain.runs.trackers import open_trackers
 from facetrain.errors import ConfigError
 from tests.conftest import REPO, SMOKE
 

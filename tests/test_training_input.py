@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from facetrain.cli import compose_train_config
-from facetrain.config_checks import check_config
+from facetrain.config.checks import check_config
 from facetrain.data import build_train_data
 from facetrain.data.images import encode_jpeg
 from facetrain.data.recordio import write_insightface_folder

@@ -23,7 +23,7 @@ from PIL import Image
 import facetrain
 from facetrain.data import load_verification_bin
 from facetrain.data.images import decode_image, encode_jpeg, encode_png
-from facetrain.engine.checkpoint import (FORMAT_VERSION, checksum_path, load_checkpoint, newest_checkpoint, rng_state,
+from facetrain.runs.checkpoint import (FORMAT_VERSION, checksum_path, load_checkpoint, newest_checkpoint, rng_state,
                                          save_checkpoint, set_rng_state)
 from facetrain.errors import DataError, ResumeError
 from facetrain.untrusted import TRUST_ENV, UnsafeFileError, load_data_pickle

@@ -20,7 +20,7 @@ import pytest
 
 from facetrain.data import load_verification_bin
 from facetrain.data.images import encode_jpeg, encode_png
-from facetrain.engine.checkpoint import load_checkpoint
+from facetrain.runs.checkpoint import load_checkpoint
 from facetrain.errors import FacetrainError
 from tests.crafted_pickles import (UINT8, UINT32, WORDS, Ops, array, build, call, dtype, fields_state, format_2_checkpoint,
                                    frombuffer, global_, ndarray_call, new_object, pickle_of, plain_state, recalled,

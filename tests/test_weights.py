@@ -17,7 +17,7 @@ import torchvision
 
 import facetrain
 from facetrain.weights import read_layout
-from facetrain.weights.check import CONVENTIONS, convention_warnings
+from facetrain.eval.input_check import CONVENTIONS, convention_warnings
 from tests.eval_helpers import load_script
 
 FIXTURES = Path(__file__).parent / "fixtures"

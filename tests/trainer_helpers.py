@@ -8,10 +8,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from facetrain.engine.checkpoint import load_newest_valid
-from facetrain.engine.distributed import DistInfo
+from facetrain.runs.checkpoint import load_newest_valid
+from facetrain.parallel.groups import DistInfo
 from facetrain.engine.optim import build_optimizer, build_scheduler
-from facetrain.engine.trainer import Trainer, TrainerSettings
+from facetrain.engine.settings import TrainerSettings
+from facetrain.engine.trainer import Trainer
 from facetrain.heads import build_head
 from facetrain.train import build_model
 

@@ -4,7 +4,7 @@
     faces = detect(photo)                      # RGB uint8 [H, W, 3] -> [Face(box, points, score), ...]
     aligned = crop(photo, faces[0].points)     # [112, 112, 3], pixel for pixel insightface's norm_crop
 
-``scripts/align.py`` runs this over folders of photos (see README, "From raw photos").
+``scripts/align.py`` runs this over folders of photos (docs/datasets.md, "From raw photos").
 """
 from __future__ import annotations
 

@@ -33,8 +33,8 @@ from facetrain.align.report import write_outputs
 from facetrain.align.template import BASE_SIZE, valid_size
 from facetrain.align.tree import FORMATS, Photo, check_folders, list_photos
 from facetrain.data.images import decode_photo, encode_jpeg, encode_png
-from facetrain.engine.atomic import atomic_write, remove_stale_temps
-from facetrain.engine.checkpoint import file_sha256
+from facetrain.files import atomic_write, remove_stale_temps
+from facetrain.files import file_sha256
 from facetrain.errors import ConfigError, DataError
 
 JPEG_QUALITY = 95

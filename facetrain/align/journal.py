@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from facetrain.engine.atomic import atomic_write
+from facetrain.files import atomic_write
 from facetrain.errors import DataError
 
 JOURNAL_NAME = ".align-journal.jsonl"

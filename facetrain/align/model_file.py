@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from facetrain.engine.checkpoint import file_sha256
+from facetrain.files import file_sha256
 from facetrain.errors import ModelError
 
 MODELS = Path(__file__).resolve().parent / "models"

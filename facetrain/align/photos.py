@@ -15,7 +15,7 @@ from facetrain.align.detectors import Detector, build_detector
 from facetrain.align.faces import DetectorSettings
 from facetrain.align.model_file import YUNET_SHA256
 from facetrain.data.images import decode_photo
-from facetrain.engine.checkpoint import file_sha256
+from facetrain.files import file_sha256
 from facetrain.errors import DataError
 
 NO_FACE_FIX = "leave the photo out, or lower --score-threshold / --min-face"

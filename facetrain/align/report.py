@@ -12,7 +12,7 @@ import numpy as np
 
 from facetrain.align.journal import ALIGNED, NO_FACE, NOT_PICKED, TOO_SMALL, UNREADABLE, Record
 from facetrain.align.landmarks_file import format_line
-from facetrain.engine.atomic import atomic_write
+from facetrain.files import atomic_write
 
 LANDMARKS_NAME, REPORT_NAME = "landmarks.txt", "report.json"
 

@@ -11,7 +11,7 @@ from facetrain.data.augment import SampleTransform, build_augment
 from facetrain.data.datasets import DEFAULT_MAX_BAD_FRACTION, FaceDataset, RecordDataset
 from facetrain.data.imagefolder import ImageFolderDataset
 from facetrain.data.synthetic import SyntheticSpec, check_root, ensure_synthetic, synthetic_root
-from facetrain.engine.distributed import barrier, dist_info
+from facetrain.parallel.groups import barrier, dist_info
 from facetrain.errors import ConfigError, DataError
 from facetrain.registry import Registry
 
@@ -41,12 +41,13 @@ def synthetic(root: Optional[str], num_classes: int, transform: Optional[SampleT
 
 def rec(root: Optional[str], num_classes: Optional[int], transform: Optional[SampleTransform],
         max_bad_fraction: float) -> TrainData:
-    """Any insightface-layout RecordIO folder (MS1Mv3 and CASIA-WebFace as insightface ships them)."""
+    """Any insightface-layout RecordIO folder (MS1Mv3, CASIA-WebFace, Glint360K and WebFace as insightface ships
+    them)."""
     dataset = RecordDataset(_require(root), transform, max_bad_fraction)
     return TrainData(dataset, _check_classes(num_classes, dataset.num_classes, root), dataset.root)
 
 
-for _name in ("rec", "ms1mv3", "casia_webface"):
+for _name in ("rec", "ms1mv3", "casia_webface", "glint360k", "webface4m", "webface12m", "webface42m"):
     DATASETS.register(_name)(rec)
 
 

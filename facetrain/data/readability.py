@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from facetrain.data.images import decode_image
-from facetrain.engine.atomic import atomic_write
+from facetrain.files import atomic_write
 from facetrain.errors import DataError
 
 SCAN_LIMIT = 100_000  # folders up to this many images are checked at start

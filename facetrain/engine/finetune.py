@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from facetrain.data.datasets import FaceDataset
 from facetrain.data.transforms import normalize
-from facetrain.engine.distributed import DistInfo
+from facetrain.parallel.groups import DistInfo
 from facetrain.heads import Head
 from facetrain.weights import load_into, read_layout
 

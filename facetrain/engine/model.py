@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from facetrain.heads import Head, HeadOutput
-from facetrain.heads.distributed import RowShard
+from facetrain.parallel.collectives import RowShard
 
 
 class FaceModel(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from facetrain.engine.distributed import all_gather_objects, all_reduce_max
+from facetrain.parallel.groups import all_gather_objects, all_reduce_max
 from facetrain.errors import FacetrainError
 
 REMEDIES = ("lower optimizer.lr (or lengthen scheduler.warmup_epochs), set trainer.grad_clip (e.g. 5), "

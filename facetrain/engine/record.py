@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 from torch.utils.tensorboard import SummaryWriter
 
-from facetrain.engine.atomic import atomic_write
-from facetrain.engine.tensorboard import accuracy_tag
+from facetrain.files import atomic_write
+from facetrain.runs.tensorboard import accuracy_tag
 
 log = logging.getLogger("facetrain")
 

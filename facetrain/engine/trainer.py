@@ -3,80 +3,42 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import warnings
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.tensorboard import SummaryWriter
 
 from facetrain.data.prefetch import DevicePrefetcher
 from facetrain.data.sampler import ResumableDistributedSampler, WithIndex
 from facetrain.data.transforms import INPUT_CONVENTION, normalize, random_hflip
-from facetrain.engine.checkpoint import (BEST_NAME, checkpoint_path, rng_state, rotate_checkpoints, save_checkpoint,
-                                         set_rng_state)
-from facetrain.engine.distributed import (DistInfo, all_gather_objects, barrier, broadcast_object, global_grad_norm,
-                                          sum_gradients)
 from facetrain.engine.finetune import matches
-from facetrain.engine.logging import Progress, format_duration
 from facetrain.engine.model import FaceModel
 from facetrain.engine.nonfinite import NonFiniteGuard
 from facetrain.engine.optim import restore_configured_hyperparameters
-from facetrain.engine.preemption import Preempted, StopRequest, ignore_stop_signals
-from facetrain.engine.record import RunRecord
-from facetrain.engine.resume import re_express_step
-from facetrain.engine.run_dir import CHECKPOINT_DIR
 from facetrain.engine.scaler import build_grad_scaler, load_scaler_state, precision_name
-from facetrain.engine.shards import full_optimizer_state, shard_optimizer_state
-from facetrain.engine.startup import seconds_since_start
-from facetrain.engine.tensorboard import (LOSS_TAG, final_metrics, validation_scalars, write_config, write_gpu_memory,
-                                          write_hparams)
-from facetrain.engine.trackers import Tracker, Trackers
+from facetrain.engine.settings import Evaluator, TrainerSettings
+from facetrain.engine.train_log import TrainLog
 from facetrain.engine.window import StepWindow
 from facetrain.errors import ResumeError
-from facetrain.eval.callback import VerificationCallback
+from facetrain.parallel.groups import (DistInfo, all_gather_objects, barrier, broadcast_object, global_grad_norm,
+                                       sum_gradients)
+from facetrain.parallel.shards import full_optimizer_state, shard_optimizer_state
+from facetrain.runs.checkpoint import (BEST_NAME, checkpoint_path, rng_state, rotate_checkpoints, save_checkpoint,
+                                       set_rng_state)
+from facetrain.runs.logging import Progress
+from facetrain.runs.preemption import Preempted, StopRequest, ignore_stop_signals
+from facetrain.runs.resume import re_express_step
+from facetrain.runs.run_dir import CHECKPOINT_DIR
+from facetrain.runs.trackers import Tracker, Trackers
 
 log = logging.getLogger("facetrain")
 # The schedule advances with every optimizer step, taken or skipped (a skipped first step is routine in
 # fp16); torch warns when the first one was skipped, though the loop steps in the right order.
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
-
-
-@dataclass
-class TrainerSettings:
-    """Plain settings the trainer needs (built from the config by ``facetrain.train``)."""
-
-    run_dir: Path
-    total_steps: int
-    batch_size: int
-    seed: int
-    device: torch.device
-    amp_dtype: Optional[torch.dtype]  # None = fp32
-    grad_clip: Optional[float]
-    log_every: int
-    num_workers: int
-    hflip: float
-    channels_last: bool
-    checkpoint_every: int
-    keep_last: int
-    save_best: bool
-    best_metric: Optional[str]  # an eval target; None = the first one
-    max_nonfinite: int
-    eval_every: int
-    eval_at_start: bool
-    progress_bar: bool
-    config: dict[str, Any]  # resolved config, saved in every checkpoint
-    grad_accum: int = 1  # micro-batches per optimizer step
-    ddp_bucket_cap_mb: float = 25.0
-    loss_scale_growth_interval: int = 100  # fp16: clean steps before the loss scale doubles
-    frozen: tuple[str, ...] = ()  # parameter-name prefixes that do not train (finetune.frozen)
-    frozen_steps: Optional[int] = None  # ... for the first N optimizer steps; None: for the whole run
 
 
 class Trainer:
@@ -90,11 +52,12 @@ class Trainer:
         dataset: Dataset,
         settings: TrainerSettings,
         dist: DistInfo,
-        evaluator: Optional[VerificationCallback] = None,
+        evaluator: Optional[Evaluator] = None,
         tracker: Optional[Tracker] = None,
     ) -> None:
         self.s, self.dist, self.evaluator = settings, dist, evaluator
-        self.tracker = tracker or Trackers([])  # told what TensorBoard is told (MLflow, W&B)
+        # rank 0's reports; the trackers (MLflow, W&B) are told what TensorBoard is told
+        self.report = TrainLog(settings.run_dir, settings.config, tracker or Trackers([]), dist.is_main, settings.device)
         self.model = model
         self.optimizer, self.scheduler = optimizer, scheduler
         # tensors holding only this rank's rows (a sharded head): outside DDP, saved whole
@@ -133,8 +96,6 @@ class Trainer:
         self.guard = NonFiniteGuard(settings.device, settings.max_nonfinite)
         self.stop = StopRequest()
         self.saved_step = -1
-        self.record = RunRecord(settings.run_dir / "metrics.json")
-        self.writer: Optional[SummaryWriter] = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -157,13 +118,7 @@ class Trainer:
         Raises Preempted after checkpointing when SIGTERM/SIGUSR1 arrives, NonFiniteError when the
         loss stays NaN/Inf.
         """
-        if self.dist.is_main:  # a resumed run hides what the killed run logged after its checkpoint (and, when
-            # it resumed with a larger global batch, so fewer steps, the points past its new step: no step twice)
-            purge = self.step if self.resumed_from is None else min(self.step, self.resumed_from)
-            self.writer = SummaryWriter(self.s.run_dir / "tensorboard", purge_step=purge + 1 if purge else None)
-            write_config(self.writer, self.s.config, self.step)
-            if self.resumed_from is None:
-                self.tracker.log_params(self.s.config)
+        self.report.open(self.step, self.resumed_from)
         if self.step == 0 and self.s.eval_at_start:
             self.evaluate()
         progress = Progress(self.s.total_steps, self.steps_per_epoch, self.step, self.dist.is_main and self.s.progress_bar)
@@ -177,7 +132,7 @@ class Trainer:
                         continue  # accumulating
                     progress.advance(self.step)
                     if self.step == first_step:
-                        self.log_startup()
+                        self.report.startup(self.step)
                     if self.batch == 0:
                         self.log_epoch_end()
                     done = self.step == self.s.total_steps
@@ -196,17 +151,12 @@ class Trainer:
                         self.save()
                         raise Preempted(signal_name, self.step, self.s.run_dir)
         progress.close()
-        metrics = self.metrics()
-        if self.writer is not None:
-            write_hparams(self.writer, self.s.config, final_metrics(metrics), self.step)
-            self.tracker.log_final(final_metrics(metrics), self.step)
-            self.writer.close()
-        return metrics
+        return self.report.close(self.step, self.epoch_position)
 
     @contextlib.contextmanager
     def worker_processes(self) -> Iterator[None]:
         """The DataLoader's (persistent) worker processes are stopped when training leaves this block, however
-        it leaves: they ignore SIGTERM (:mod:`facetrain.engine.preemption`), so a process exiting on an error
+        it leaves: they ignore SIGTERM (:mod:`facetrain.runs.preemption`), so a process exiting on an error
         would otherwise wait for them forever."""
         try:
             yield
@@ -294,14 +244,11 @@ class Trainer:
 
     # ---- logging and evaluation ---------------------------------------------------------------------
     def log_train(self, progress: Progress) -> None:
-        """Log the means since the last log line (rank 0: the only per-interval host sync) and reset them:
-        one line to the console and ``train.log``, scalars and histograms to TensorBoard."""
+        """Report the means since the last log line (rank 0: the only per-interval host sync) and reset them."""
         if self.dist.is_main:
             means, skipped = self.window.read()
-            self.record.last_loss = means["loss"]
             elapsed = self.window.elapsed()
             timed_steps = self.step - self.window.clock_step
-            step_time = elapsed / timed_steps
             scalars = {
                 **means,
                 "lr": self.optimizer.param_groups[0]["lr"],
@@ -312,36 +259,9 @@ class Trainer:
             }
             if self.fixed_scale is None:  # fp16's dynamic loss scale
                 scalars["loss_scale"] = self.scaler.get_scale()
-            left = self.s.total_steps - self.step
-            eta, epoch_eta = left * step_time, min(left, -self.step % self.steps_per_epoch) * step_time
-            progress.show(loss=f"{means['loss']:.3f}", lr=f"{scalars['lr']:.2e}", img_s=f"{scalars['throughput']:.0f}")
-            log.info(f"step {self.step}/{self.s.total_steps} epoch {scalars['epoch']:.2f} loss {means['loss']:.4f} "
-                     f"lr {scalars['lr']:.3e} {scalars['throughput']:.1f} img/s data {scalars['data_wait']:.0%} "
-                     f"grad_norm {means['grad_norm']:.3g}" + (f" skipped {skipped}" if skipped else "")
-                     + f" ETA {format_duration(eta)} (epoch {format_duration(epoch_eta)})")
-            self.write_scalars({LOSS_TAG if name == "loss" else f"train/{name}": v for name, v in scalars.items()}
-                               | {f"head/{name}": float(v) for name, v in self.model.head.stats().items()})
-            assert self.writer is not None
-            for name, values in self.window.last_diagnostics.items():
-                finite = values[torch.isfinite(values)].float()  # a skipped NaN step leaves none
-                if finite.numel():
-                    self.writer.add_histogram(f"train/{name}", finite, self.step)
-            write_gpu_memory(self.writer, self.s.device, self.step)
+            self.report.interval(self.step, self.s.total_steps, self.steps_per_epoch, scalars, elapsed / timed_steps,
+                              self.model.head.stats(), self.window.last_diagnostics, progress)
         self.window.clear(self.step)
-
-    def write_scalars(self, scalars: dict[str, float]) -> None:
-        """Scalars (tag -> value) at this step to TensorBoard and the other trackers (rank 0)."""
-        assert self.writer is not None
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, self.step)
-        self.tracker.log_scalars(scalars, self.step)
-
-    def log_startup(self) -> None:
-        """Log how long the process took to finish its first optimizer step (one sync, once)."""
-        if self.s.device.type == "cuda":
-            torch.cuda.synchronize(self.s.device)
-        log.info(f"step {self.step}: first optimizer step done {seconds_since_start():.1f} s after the process started "
-                 f"({time.process_time():.1f} s of CPU time)")
 
     def log_epoch_end(self) -> None:
         """Log the unreadable samples skipped so far (every rank's, counted once) as ``data/bad_samples``."""
@@ -350,7 +270,7 @@ class Trainer:
         bad = len(set().union(*all_gather_objects(self.dataset.bad_indices)))
         if self.dist.is_main:
             log.info(f"step {self.step}: epoch {self.epoch} done, {bad} unreadable samples skipped so far")
-            self.write_scalars({"data/bad_samples": bad})
+            self.report.scalars({"data/bad_samples": bad}, self.step)
 
     def evaluate(self) -> bool:
         """Verification on rank 0 (the other ranks wait), logged and written to ``metrics.json``.
@@ -366,21 +286,11 @@ class Trainer:
             with self.window.pause():
                 results = self.evaluator(self.model.backbone)
             target = self.s.best_metric or next(iter(results))
-            improved = self.s.save_best and self.step > 0 and self.record.improves(results, target)
+            improved = self.s.save_best and self.step > 0 and self.report.record.improves(results, target)
             if improved:
                 log.info(f"step {self.step} {target} accuracy improved: saving {BEST_NAME}")
-            assert self.writer is not None
-            self.record.add_validation(results, self.step, self.writer)
-            self.tracker.log_scalars(validation_scalars(results, self.record.best), self.step)
-            self.write_metrics()
+            self.report.validation(results, self.step, self.epoch_position)
         return bool(broadcast_object(improved))
-
-    def metrics(self) -> dict[str, Any]:
-        return self.record.metrics(self.step, self.epoch_position)
-
-    def write_metrics(self) -> None:
-        if self.dist.is_main:
-            self.record.write(self.step, self.epoch_position)
 
     # ---- checkpoints ----------------------------------------------------------------------------------
     def state_dict(self) -> Optional[dict[str, Any]]:
@@ -405,7 +315,7 @@ class Trainer:
             "sampler_seed": self.sampler.seed,
             "data": {"images": self.sampler.size, "classes": self.model.head.num_classes},
             "window": self.window.state_dict(),
-            **self.record.state_dict(),
+            **self.report.record.state_dict(),
             "world_size": self.dist.world_size,
             "config": self.s.config,
             "input": INPUT_CONVENTION,
@@ -428,9 +338,7 @@ class Trainer:
             if best:
                 save_checkpoint(state, directory / BEST_NAME)
                 log.info(f"step {self.step} saved {directory / BEST_NAME}")
-            self.write_metrics()
-            assert self.writer is not None
-            self.writer.flush()  # what was logged up to a checkpoint survives a kill -9
+            self.report.checkpointed(self.step, self.epoch_position)
         if step_file:
             self.saved_step = self.step
         barrier()
@@ -442,7 +350,7 @@ class Trainer:
         A checkpoint written with another global batch (world size, batch size or ``grad_accum``) continues
         at the same epoch and image of that epoch (rounded down to a whole step of the new batch), with the
         step counter, the schedule and the heads' step counts re-expressed in the new batch's steps by
-        :func:`~facetrain.engine.resume.re_express_step` (the rule ``trainer.max_steps`` follows too).
+        :func:`~facetrain.runs.resume.re_express_step` (the rule ``trainer.max_steps`` follows too).
         """
         configured = [{key: value for key, value in group.items() if key != "params"} for group in self.optimizer.param_groups]
         try:
@@ -456,7 +364,7 @@ class Trainer:
         load_scaler_state(self.scaler, state, precision_name(self.s.amp_dtype))
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.resumed_from = state["step"]
-        self.record.load_state_dict(state)
+        self.report.record.load_state_dict(state)
         self.window.load_state_dict(state.get("window", {}))
         step_batch = self.step_batch
         global_batch, accum = state.get("global_batch", step_batch), state.get("grad_accum", 1)

@@ -10,8 +10,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from facetrain.engine.atomic import atomic_write
-from facetrain.engine.checkpoint import checksum_path, file_sha256
+from facetrain.files import atomic_write
+from facetrain.files import file_sha256
+from facetrain.runs.checkpoint import checksum_path
 
 log = logging.getLogger("facetrain")
 

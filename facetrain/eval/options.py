@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from facetrain.engine.cpu_memory import reuse_freed_memory
+from facetrain.cpu_memory import reuse_freed_memory
 from facetrain.eval.embed import FLIP_MODES
 from facetrain.eval.image_files import default_workers
 from facetrain.inference import resolve_device
@@ -34,7 +34,7 @@ def parse_embedding_args(parser: argparse.ArgumentParser, argv: Optional[list[st
 
 def embedding_device(kind: str) -> torch.device:
     """The device ``--device`` names; on the CPU, malloc keeps the memory of one batch's activations for
-    the next (:mod:`facetrain.engine.cpu_memory`) instead of page-faulting it in again."""
+    the next (:mod:`facetrain.cpu_memory`) instead of page-faulting it in again."""
     device = resolve_device(kind)
     if device.type == "cpu":
         reuse_freed_memory()

@@ -6,7 +6,7 @@ import math
 import torch
 
 from facetrain.heads.base import MarginHead
-from facetrain.heads.distributed import gather_batch
+from facetrain.parallel.collectives import gather_batch
 from facetrain.heads.margin import ARC_VARIANTS, angle, arc_margin, check_choice
 from facetrain.heads.registry import HEADS
 

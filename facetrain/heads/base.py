@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facetrain.heads.distributed import RowShard
+from facetrain.parallel.collectives import RowShard
 from facetrain.precision import at_least_fp32, no_autocast
 
 

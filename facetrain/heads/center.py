@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 
 from facetrain.heads.base import Head
-from facetrain.heads.distributed import gather_batch
+from facetrain.parallel.collectives import gather_batch
 from facetrain.heads.registry import HEADS
 
 

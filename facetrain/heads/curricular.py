@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from facetrain.heads.base import MarginHead
-from facetrain.heads.distributed import gather_batch
+from facetrain.parallel.collectives import gather_batch
 from facetrain.heads.margin import arc_margin
 from facetrain.heads.registry import HEADS
 

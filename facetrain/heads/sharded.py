@@ -2,7 +2,7 @@
 
 Face datasets have up to millions of identities: the class centres, not the backbone, then limit the
 scale. :class:`ShardedHead` wraps any registered head built for its own block of classes
-(:class:`~facetrain.heads.distributed.ClassPartition`). Each step it gathers every rank's embeddings
+(:class:`~facetrain.parallel.collectives.ClassPartition`). Each step it gathers every rank's embeddings
 and labels, computes the scores of its classes for the global batch (:meth:`Head.scores`), shares the
 target score of every sample from the rank that holds its class, applies the head's margin
 (:meth:`Head.target_logit`) only on that rank and the head's non-target rule
@@ -25,9 +25,9 @@ from typing import Callable, Optional
 
 import torch
 
-from facetrain.heads import distributed
+from facetrain.parallel import collectives
 from facetrain.heads.base import Head, HeadOutput
-from facetrain.heads.distributed import (ClassPartition, RowShard, distributed_cross_entropy, gather_batch,
+from facetrain.parallel.collectives import (ClassPartition, RowShard, distributed_cross_entropy, gather_batch,
                                          gather_with_grad, global_batch, sum_of_replicated, sum_with_grad)
 from facetrain.precision import at_least_fp32, no_autocast
 
@@ -63,7 +63,7 @@ class ShardedHead(Head):
     loss_covers_global_batch = True
 
     def __init__(self, build: HeadBuilder, num_classes: int, sample_rate: float = 1.0) -> None:
-        ranks, me = distributed.world_size(), distributed.rank()
+        ranks, me = collectives.world_size(), collectives.rank()
         if ranks > num_classes:
             raise ValueError(f"cannot split {num_classes} classes over {ranks} ranks: every rank needs one")
         if not 0.0 < sample_rate <= 1.0:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import torch
 
-from facetrain.engine.atomic import atomic_write
+from facetrain.files import atomic_write
 from facetrain.errors import FacetrainError, ModelError
 from facetrain.untrusted import load_torch_file
 
@@ -58,7 +58,7 @@ def file_format(path: Path) -> str:
 
 def read_weight_file(path: Path) -> WeightFile:
     """The weights in ``path`` (a file, or a facetrain run directory: its newest checkpoint)."""
-    from facetrain.inference import find_checkpoint
+    from facetrain.runs.run_dir import find_checkpoint
 
     path = find_checkpoint(path)
     if file_format(path) == SAFETENSORS:
@@ -79,7 +79,7 @@ def read_weight_file(path: Path) -> WeightFile:
 
 
 def checkpoint_weights(path: Path, content: Any) -> WeightFile:
-    """The backbone of a facetrain checkpoint's ``content`` (as :func:`facetrain.engine.checkpoint.load_checkpoint`
+    """The backbone of a facetrain checkpoint's ``content`` (as :func:`facetrain.runs.checkpoint.load_checkpoint`
     returns it), with its config and input convention."""
     if not isinstance(content, dict) or "backbone" not in content or "config" not in content:
         raise ModelError(f"{path} is not a facetrain checkpoint (it has no 'backbone' and 'config')",

@@ -2,7 +2,7 @@
 
 A facetrain checkpoint or safetensors export says which backbone it holds (``config.backbone`` with its
 ``name``, ``config.embedding_size``). Those values come from the file, so they are held to the command line's
-rules (the schema types of :mod:`facetrain.config`, the ranges of :mod:`facetrain.config_checks`), and the
+rules (the schema types of :mod:`facetrain.config`, the ranges of :mod:`facetrain.config.checks`), and the
 network is first built on the ``meta`` device (shapes only, no memory) to compare with the file's tensors: a
 file of a few hundred bytes cannot make facetrain allocate a large model.
 """
@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from facetrain.backbones import BACKBONES, build_backbone
 from facetrain.config import SCHEMAS, TrainConfig
-from facetrain.config_checks import rules
+from facetrain.config.checks import rules
 from facetrain.errors import ConfigError, ModelError
 
 DAMAGED = "the file is damaged or was edited; use the file train.py or import_weights.py wrote"

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
-from facetrain.heads.distributed import RowShard
+from facetrain.parallel.collectives import RowShard
 
 
 def _parameters(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:

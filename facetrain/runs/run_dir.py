@@ -14,9 +14,9 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from facetrain.engine.checkpoint import list_checkpoints
-from facetrain.engine.distributed import broadcast_object
-from facetrain.errors import ConfigError, ResumeError
+from facetrain.runs.checkpoint import BEST_NAME, list_checkpoints, newest_checkpoint
+from facetrain.parallel.groups import broadcast_object
+from facetrain.errors import ConfigError, ModelError, ResumeError
 
 STAMP_ENV = "FACETRAIN_RUN_STAMP"
 CHECKPOINT_DIR = "checkpoints"
@@ -114,3 +114,20 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("facetrain_sweep_dir", sweep_dir, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("facetrain_job_dirname", job_dirname, replace=True)
     OmegaConf.register_new_resolver("facetrain_tasks_per_node", lambda gpus: gpus or 1, replace=True)
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` if it is a file; for a run directory (or its ``checkpoints/``) the newest step
+    checkpoint, else ``best.pt``."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ModelError(f"{path} does not exist", "pass a checkpoint file (.pt) or a run directory")
+    for folder in (path / CHECKPOINT_DIR, path):
+        found = newest_checkpoint(folder)
+        if found is None and (folder / BEST_NAME).is_file():
+            found = folder / BEST_NAME
+        if found is not None:
+            return found
+    raise ModelError(f"{path} holds no checkpoint ({CHECKPOINT_DIR}/step_*.pt or {BEST_NAME})",
+                     "pass the run directory of a run that saved one, or a checkpoint file")

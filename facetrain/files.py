@@ -1,4 +1,5 @@
-"""Crash-safe file writes: a temp file beside the target, fsync, rename, fsync of the folder.
+"""Files on disk: crash-safe writes (a temp file beside the target, fsync, rename, fsync of the folder) and
+digests.
 
 A reader sees the old file or the new one, never half of one; a write killed midway leaves only a
 hidden ``.<name>.*.tmp`` file, which :func:`remove_stale_temps` clears.
@@ -6,12 +7,14 @@ hidden ``.<name>.*.tmp`` file, which :func:`remove_stale_temps` clears.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
 TMP_SUFFIX = ".tmp"
+_CHUNK = 1 << 20  # bytes read at a time for a digest
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -47,3 +50,12 @@ def remove_stale_temps(directory: Path) -> None:
     """Delete temp files left by writes that were killed midway."""
     for stale in directory.glob(f".*{TMP_SUFFIX}"):
         stale.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, as ``sha256sum`` prints it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from facetrain.engine.atomic import atomic_write, remove_stale_temps
+from facetrain.files import atomic_write, file_sha256, remove_stale_temps
 from facetrain.errors import FacetrainError, ResumeError
 from facetrain.untrusted import FileArray, Refused, load_torch_file, numpy_array_globals
 
@@ -34,7 +34,6 @@ BEST_NAME = "best.pt"
 CHECKSUM_SUFFIX = ".sha256"
 CORRUPT_SUFFIX = ".corrupt"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-_CHUNK = 1 << 20
 
 log = logging.getLogger("facetrain")
 
@@ -123,14 +122,6 @@ def rotate_checkpoints(directory: Path, keep_last: int) -> None:
         old.unlink(missing_ok=True)
         checksum_path(old).unlink(missing_ok=True)
     remove_stale_temps(directory)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_checksum(path: Path) -> None:

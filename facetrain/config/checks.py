@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from facetrain import config as c
+from facetrain.config import choices, groups, schema
 from facetrain.errors import ConfigError
 
 log = logging.getLogger("facetrain")
@@ -105,96 +105,96 @@ NAME = Check(lambda v: isinstance(v, str) and v.strip() != "" and "/" not in v, 
              "my_run", bad="a/b")
 
 CHECKS: dict[type, dict[str, Optional[Check]]] = {
-    c.TrainConfig: {
+    schema.TrainConfig: {
         "name": NAME,
         "seed": at_least(0, 0, integer=True), "embedding_size": at_least(1, 512, integer=True),
         "resume": TYPED, "output_root": TYPED, "backbone": TYPED, "loss": TYPED, "head": TYPED, "init": TYPED,
         "finetune": TYPED, "dataset": TYPED, "optimizer": TYPED, "scheduler": TYPED, "trainer": TYPED,
         "checkpoint": TYPED, "eval": TYPED, "logger": TYPED, "sweep": TYPED,
     },
-    c.TrainerConfig: {
+    schema.TrainerConfig: {
         "max_steps": optional(at_least(1, 1000, integer=True)), "max_epochs": at_least(1, 20, integer=True),
         "batch_size": at_least(1, 128, integer=True), "precision": TYPED,
         "grad_clip": optional(above(0.0, 5.0)), "log_every": at_least(1, 50, integer=True), "device": TYPED,
         "num_workers": at_least(0, 8, integer=True), "hflip": PROBABILITY, "channels_last": TYPED,
         "cudnn_benchmark": TYPED, "fused_optimizer": TYPED, "reuse_cpu_memory": TYPED, "compile": TYPED,
-        "compile_mode": Check(lambda v: v in c.COMPILE_MODES, f"one of {', '.join(c.COMPILE_MODES)}", "default",
+        "compile_mode": Check(lambda v: v in choices.COMPILE_MODES, f"one of {', '.join(choices.COMPILE_MODES)}", "default",
                               bad="fastest"),
         "ddp_bucket_cap_mb": above(0.0, 25), "progress_bar": TYPED, "max_nonfinite": at_least(0, 5, integer=True),
         "grad_accum": at_least(1, 4, integer=True), "sync_bn": TYPED, "dist_timeout_s": above(0.0, 1800),
         "loss_scale_growth_interval": at_least(1, 100, integer=True),
     },
-    c.HeadConfig: {"parallel": TYPED, "sample_rate": between(0.0, 1.0, 0.1, open_low=True)},
-    c.InitConfig: {"backbone": TYPED, "strict": TYPED, "input_order": TYPED, "head": TYPED},
-    c.FinetuneConfig: {"backbone_lr_scale": at_least(0.0, 0.1), "frozen": TYPED,
+    schema.HeadConfig: {"parallel": TYPED, "sample_rate": between(0.0, 1.0, 0.1, open_low=True)},
+    schema.InitConfig: {"backbone": TYPED, "strict": TYPED, "input_order": TYPED, "head": TYPED},
+    schema.FinetuneConfig: {"backbone_lr_scale": at_least(0.0, 0.1), "frozen": TYPED,
                        "frozen_steps": optional(at_least(0, 100, integer=True)), "freeze_batch_norm": TYPED},
-    c.CheckpointConfig: {"every_steps": at_least(0, 1000, integer=True), "keep_last": at_least(0, 3, integer=True),
+    schema.CheckpointConfig: {"every_steps": at_least(0, 1000, integer=True), "keep_last": at_least(0, 3, integer=True),
                          "save_best": TYPED, "best_metric": TYPED},
-    c.SweepConfig: {"name": optional(NAME), "objective": TYPED},  # objective: checked against the loaded eval targets
-    c.LoggerConfig: {"mlflow": TYPED, "wandb": TYPED},
-    c.MLflowConfig: {"enabled": TYPED, "tracking_uri": TYPED, "experiment": TYPED},
-    c.WandbConfig: {"enabled": TYPED, "project": TYPED, "entity": TYPED,
+    schema.SweepConfig: {"name": optional(NAME), "objective": TYPED},  # objective: checked against the loaded eval targets
+    schema.LoggerConfig: {"mlflow": TYPED, "wandb": TYPED},
+    schema.MLflowConfig: {"enabled": TYPED, "tracking_uri": TYPED, "experiment": TYPED},
+    schema.WandbConfig: {"enabled": TYPED, "project": TYPED, "entity": TYPED,
                     "mode": optional(Check(lambda v: v in WANDB_MODES, f"one of {', '.join(WANDB_MODES)}", "offline",
                                            bad="dry"))},
-    c.EvalConfig: {"every_steps": at_least(0, 2000, integer=True), "at_start": TYPED, "targets": TYPED,
+    schema.EvalConfig: {"every_steps": at_least(0, 2000, integer=True), "at_start": TYPED, "targets": TYPED,
                    "batch_size": at_least(1, 256, integer=True), "flip": TYPED},
     # ---- backbones
-    c.BackboneConfig: {"name": TYPED, "activation_checkpointing": TYPED},
-    c.IResNetConfig: {"dropout": DROPOUT, "zero_init_residual": TYPED},
-    c.MobileFaceNetConfig: {"blocks": each(between(1, MAX_BLOCKS, 2), [1, 4, 6, 2], length=4),
+    groups.BackboneConfig: {"name": TYPED, "activation_checkpointing": TYPED},
+    groups.IResNetConfig: {"dropout": DROPOUT, "zero_init_residual": TYPED},
+    groups.MobileFaceNetConfig: {"blocks": each(between(1, MAX_BLOCKS, 2), [1, 4, 6, 2], length=4),
                             "scale": at_least(1, 2, integer=True)},
-    c.TorchvisionConfig: {"dropout": DROPOUT},
-    c.IRConfig: {"dropout": DROPOUT},
-    c.ViTConfig: {"image_size": at_least(1, 112, integer=True), "patch_size": at_least(1, 9, integer=True),
+    groups.TorchvisionConfig: {"dropout": DROPOUT},
+    groups.IRConfig: {"dropout": DROPOUT},
+    groups.ViTConfig: {"image_size": at_least(1, 112, integer=True), "patch_size": at_least(1, 9, integer=True),
                   "embed_dim": at_least(1, 512, integer=True), "depth": between(1, MAX_BLOCKS, 12),
                   "num_heads": at_least(1, 8, integer=True), "mlp_ratio": above(0.0, 4.0),
                   "drop_path_rate": DROPOUT, "mask_ratio": DROPOUT},
-    c.TimmConfig: {"model": TYPED, "weights": TYPED, "dropout": DROPOUT},
-    # ---- loss heads (and check_margin below: the target must be penalised)
-    c.LossConfig: {"name": TYPED},
-    c.SoftmaxConfig: {"bias": TYPED},
-    c.NormFaceConfig: {"s": SCALE},
-    c.CosFaceConfig: {"s": SCALE, "m": at_least(0.0, 0.4)},
-    c.ArcFaceConfig: {"s": SCALE, "m": ANGLE, "variant": TYPED, "straight_through": TYPED},
-    c.SubCenterArcFaceConfig: {"s": SCALE, "m": ANGLE, "k": at_least(1, 3, integer=True), "variant": TYPED,
+    groups.TimmConfig: {"model": TYPED, "weights": TYPED, "dropout": DROPOUT},
+    # ---- loss heads (and facetrain.heads.checks.check_margin: the target must be penalised)
+    groups.LossConfig: {"name": TYPED},
+    groups.SoftmaxConfig: {"bias": TYPED},
+    groups.NormFaceConfig: {"s": SCALE},
+    groups.CosFaceConfig: {"s": SCALE, "m": at_least(0.0, 0.4)},
+    groups.ArcFaceConfig: {"s": SCALE, "m": ANGLE, "variant": TYPED, "straight_through": TYPED},
+    groups.SubCenterArcFaceConfig: {"s": SCALE, "m": ANGLE, "k": at_least(1, 3, integer=True), "variant": TYPED,
                                "straight_through": TYPED},
-    c.CombinedMarginConfig: {"s": SCALE, "m1": above(0.0, 1.0), "m2": ANGLE, "m3": at_least(0.0, 0.2),
+    groups.CombinedMarginConfig: {"s": SCALE, "m1": above(0.0, 1.0), "m2": ANGLE, "m3": at_least(0.0, 0.2),
                              "straight_through": TYPED},
-    c.X2SoftmaxConfig: {"s": SCALE, "a": Check(lambda v: _number(v) and v < 0, "a negative number: the target must fall "
+    groups.X2SoftmaxConfig: {"s": SCALE, "a": Check(lambda v: _number(v) and v < 0, "a negative number: the target must fall "
                                                                              "with the angle", -0.9, bad=0.9),
                         "h": between(0.0, math.pi, 0.0), "k": between(-1.0, 1.0, 0.65), "straight_through": TYPED},
-    c.AdaFaceConfig: {"s": SCALE, "m": ANGLE, "h": between(0.0, 1.0, 0.333), "t_alpha": between(0.0, 1.0, 0.01)},
-    c.MagFaceConfig: {"s": SCALE, "l_a": above(0.0, 10.0), "u_a": above(0.0, 110.0), "l_m": ANGLE, "u_m": ANGLE,
+    groups.AdaFaceConfig: {"s": SCALE, "m": ANGLE, "h": between(0.0, 1.0, 0.333), "t_alpha": between(0.0, 1.0, 0.01)},
+    groups.MagFaceConfig: {"s": SCALE, "l_a": above(0.0, 10.0), "u_a": above(0.0, 110.0), "l_m": ANGLE, "u_m": ANGLE,
                       "lambda_g": at_least(0.0, 35.0), "variant": TYPED},
-    c.CurricularFaceConfig: {"s": SCALE, "m": ANGLE, "t_alpha": between(0.0, 1.0, 0.01)},
-    c.ElasticFaceConfig: {"s": SCALE, "m": optional(ANGLE), "sigma": optional(at_least(0.0, 0.05)), "kind": TYPED,
+    groups.CurricularFaceConfig: {"s": SCALE, "m": ANGLE, "t_alpha": between(0.0, 1.0, 0.01)},
+    groups.ElasticFaceConfig: {"s": SCALE, "m": optional(ANGLE), "sigma": optional(at_least(0.0, 0.05)), "kind": TYPED,
                           "plus": TYPED, "plus_assignment": TYPED},
-    c.CenterLossConfig: {"lambda_c": at_least(0.0, 0.003), "alpha": between(0.0, 1.0, 0.5, open_low=True),
+    groups.CenterLossConfig: {"lambda_c": at_least(0.0, 0.003), "alpha": between(0.0, 1.0, 0.5, open_low=True),
                          "base": TYPED, "base_args": TYPED},
-    c.SphereFaceConfig: {"m": at_least(1, 4, integer=True), "base": above(0.0, 1000.0), "gamma": at_least(0.0, 0.12),
+    groups.SphereFaceConfig: {"m": at_least(1, 4, integer=True), "base": above(0.0, 1000.0), "gamma": at_least(0.0, 0.12),
                          "power": at_least(0.0, 1.0), "lambda_min": at_least(0.0, 5.0)},
     # ---- data
-    c.DatasetConfig: {"name": TYPED, "root": TYPED, "num_classes": optional(at_least(2, 1000, integer=True)),
+    groups.DatasetConfig: {"name": TYPED, "root": TYPED, "num_classes": optional(at_least(2, 1000, integer=True)),
                       "val_targets": TYPED, "max_bad_fraction": PROBABILITY, "augment": TYPED},
-    c.ImageFolderConfig: {"resize_unaligned": TYPED},
-    c.SyntheticConfig: {"images_per_class": at_least(2, 30, integer=True), "val_identities": at_least(2, 60, integer=True),
+    groups.ImageFolderConfig: {"resize_unaligned": TYPED},
+    groups.SyntheticConfig: {"images_per_class": at_least(2, 30, integer=True), "val_identities": at_least(2, 60, integer=True),
                         "val_images_per_identity": at_least(2, 5, integer=True),
                         "val_pairs": at_least(20, 1000, integer=True), "seed": at_least(0, 0, integer=True)},
-    c.AugmentConfig: {"seed": at_least(0, 0, integer=True), "random_resized_crop": PROBABILITY,
+    groups.AugmentConfig: {"seed": at_least(0, 0, integer=True), "random_resized_crop": PROBABILITY,
                       "crop_scale": pair(0.01, 1.0, [0.8, 1.0]), "color_jitter": PROBABILITY,
                       "jitter_strength": between(0.0, 1.0, 0.2), "grayscale": PROBABILITY, "blur": PROBABILITY,
                       "jpeg_compression": PROBABILITY, "jpeg_quality": pair(1, 100, [40, 95], integer=True),
                       "coarse_dropout": PROBABILITY, "dropout_size": pair(0.01, 1.0, [0.1, 0.3])},
     # ---- optimisation
-    c.OptimizerConfig: {"name": TYPED, "lr": above(0.0, 0.1), "weight_decay": at_least(0.0, 5e-4),
+    groups.OptimizerConfig: {"name": TYPED, "lr": above(0.0, 0.1), "weight_decay": at_least(0.0, 5e-4),
                         "reference_batch": optional(at_least(1, 1024, integer=True)), "no_decay_norm_bias": TYPED},
-    c.SGDConfig: {"momentum": between(0.0, 1.0, 0.9, open_high=True), "nesterov": TYPED},
-    c.AdamWConfig: {"betas": each(between(0.0, 1.0, 0.9, open_high=True), [0.9, 0.999], length=2),
+    groups.SGDConfig: {"momentum": between(0.0, 1.0, 0.9, open_high=True), "nesterov": TYPED},
+    groups.AdamWConfig: {"betas": each(between(0.0, 1.0, 0.9, open_high=True), [0.9, 0.999], length=2),
                     "eps": above(0.0, 1e-8)},
-    c.SchedulerConfig: {"name": TYPED, "warmup_epochs": at_least(0.0, 1.0)},
-    c.PolyConfig: {"power": at_least(0.0, 2.0)},
-    c.MultiStepConfig: {"milestones": each(at_least(0.0, 10), [10, 16]), "gamma": between(0.0, 1.0, 0.1, open_low=True)},
-    c.CosineConfig: {"min_lr_ratio": between(0.0, 1.0, 0.0)},
+    groups.SchedulerConfig: {"name": TYPED, "warmup_epochs": at_least(0.0, 1.0)},
+    groups.PolyConfig: {"power": at_least(0.0, 2.0)},
+    groups.MultiStepConfig: {"milestones": each(at_least(0.0, 10), [10, 16]), "gamma": between(0.0, 1.0, 0.1, open_low=True)},
+    groups.CosineConfig: {"min_lr_ratio": between(0.0, 1.0, 0.0)},
 }
 
 
@@ -234,38 +234,11 @@ def _show(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
-def check_margin(cfg: DictConfig) -> None:
-    """A margin head whose target logit is not below the plain one (``s * cos``) at some angle in (0, 90]
-    degrees makes the true class easier instead of harder, and the loss falls to 0 without learning."""
-    import torch
-
-    from facetrain.heads import build_head
-    from facetrain.heads.base import MarginHead
-
-    loss = OmegaConf.to_container(cfg.loss, resolve=True, enum_to_str=True)
-    name = loss.pop("name")
-    if name == "center":
-        name, loss = loss["base"], dict(loss.get("base_args") or {})
-    head = build_head(name, 2, 2, **loss)
-    if not isinstance(head, MarginHead):
-        return
-    theta = torch.linspace(0.01, math.pi / 2, 158, dtype=torch.float64)
-    cos = theta.cos().unsqueeze(1)
-    with torch.no_grad():
-        target = head.double().eval().target_cosine(cos, torch.full((len(theta), 2), 20.0, dtype=torch.float64))
-    easier = (target > cos + 1e-9).flatten()
-    if easier.any():
-        degrees = math.degrees(float(theta[easier][0]))
-        raise ConfigError(f"loss={name} with these margins does not penalise the true class: at {degrees:.0f} degrees "
-                          f"its target logit is above s*cos (the loss falls to 0 without learning)",
-                          "use the paper's margins (see configs/loss/" + name + ".yaml)")
-
 
 def check_config(cfg: DictConfig) -> None:
     """Every key's range (:data:`CHECKS`), then the rules that span keys; a one-line ConfigError at the first
     problem, before any data is generated or a file written."""
     _walk(cfg, "")
-    check_margin(cfg)
     if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum == 0:
         raise ConfigError("optimizer.nesterov=true needs momentum, but optimizer.momentum=0",
                           "pass optimizer.momentum=0.9, or optimizer.nesterov=false")

@@ -20,10 +20,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from facetrain.engine.atomic import atomic_write
-from facetrain.engine.distributed import cleanup
-from facetrain.engine.run_dir import launch_rank, register_resolvers
-from facetrain.engine.submitit_jobs import in_submitit_job, join_process_group
+from facetrain.files import atomic_write
+from facetrain.parallel.groups import cleanup
+from facetrain.runs.failure import describe_error
+from facetrain.runs.run_dir import launch_rank, register_resolvers
+from facetrain.sweeps.submitit_jobs import in_submitit_job, join_process_group
 
 SUMMARY_JSON, SUMMARY_MD, FIGURE = "sweep.json", "sweep.md", "compare.png"
 STUDY_FILE = "optimization_results.yaml"  # written by Hydra's Optuna sweeper at the end
@@ -175,7 +176,6 @@ class SweepSummary(Callback):
             cleanup()
         if config.hydra.mode != RunMode.MULTIRUN or launch_rank() != 0:
             return
-        from facetrain.cli import describe_error  # the CLI's one line (it imports the engine, not the reverse)
 
         try:
             job_return.return_value  # raises the job's exception when it failed
@@ -187,7 +187,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if launch_rank() != 0:
             return
-        from facetrain.engine.compare import load_run, plot
+        from facetrain.sweeps.compare import load_run, plot
 
         sweep_dir = Path(config.hydra.sweep.dir)
         summary = update_summary(sweep_dir, unreported="unfinished")

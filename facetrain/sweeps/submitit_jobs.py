@@ -2,7 +2,7 @@
 in processes of its own, one per GPU, that join one process group with the ranks SLURM (or submitit) gives them.
 
 Preemption: submitit signals a job that is preempted or near its time limit with ``SUBMITIT_PREEMPT_SIGNAL``,
-which facetrain sets to SIGUSR1, one of its own stop signals (:mod:`facetrain.engine.preemption`): the ranks
+which facetrain sets to SIGUSR1, one of its own stop signals (:mod:`facetrain.runs.preemption`): the ranks
 agree on a step, rank 0 saves a checkpoint, and the job re-raises the signal to submitit's handler, whose
 checkpointing hook re-queues the job with the same arguments; the re-queued job finds the checkpoints in its
 directory and continues from them. Stopped by another signal (SIGTERM: ``scancel``), a job ends without a result.
@@ -15,8 +15,8 @@ import signal
 import sys
 from typing import NoReturn
 
-from facetrain.engine.distributed import init_distributed
-from facetrain.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
+from facetrain.parallel.groups import init_distributed
+from facetrain.runs.preemption import PREEMPTED_EXIT_CODE, Preempted
 
 
 def in_submitit_job() -> bool:

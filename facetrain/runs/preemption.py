@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Optional, Union
 
-from facetrain.engine.distributed import all_reduce_max
+from facetrain.parallel.groups import all_reduce_max
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, run the same command again

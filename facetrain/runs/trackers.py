@@ -16,8 +16,8 @@ from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig
 
-from facetrain.engine.plugins import require
-from facetrain.engine.tensorboard import flatten
+from facetrain.config.plugins import require
+from facetrain.runs.tensorboard import flatten
 
 RUN_DIR_TAG = "facetrain.run_dir"
 MLFLOW_BATCH = 100  # parameters per MLflow request (its limit)
@@ -33,7 +33,7 @@ class Tracker:
         """Scalars by their TensorBoard tags."""
 
     def log_final(self, metrics: Mapping[str, float], step: int) -> None:
-        """The figures a finished run is compared by (:func:`facetrain.engine.tensorboard.final_metrics`)."""
+        """The figures a finished run is compared by (:func:`facetrain.runs.tensorboard.final_metrics`)."""
 
     def close(self, failed: bool) -> None:
         """End the tracker's run, as failed (or stopped) when training raised."""

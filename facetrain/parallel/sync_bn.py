@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from facetrain.heads.distributed import sum_with_grad, world_size
+from facetrain.parallel.collectives import sum_with_grad, world_size
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -4,7 +4,7 @@ a missing plugin or tracker, and the one line for a launcher whose external comm
 Each plugin stores its own config in Hydra's ConfigStore when Hydra discovers it; :func:`store_plugin_configs`
 runs that discovery first, then stores facetrain's version over it under the same name (the plugin's schema,
 so its keys keep their types, with facetrain's defaults): ``hydra/launcher=submitit_slurm`` runs one process
-per GPU (:mod:`facetrain.engine.submitit_jobs`), ``hydra/sweeper=optuna`` maximises the jobs' accuracy.
+per GPU (:mod:`facetrain.sweeps.submitit_jobs`), ``hydra/sweeper=optuna`` maximises the jobs' accuracy.
 """
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from facetrain.config import IDENTITY_KEYS, TrainConfig
-from facetrain.engine.checkpoint import load_checkpoint, load_newest_valid, newest_checkpoint
-from facetrain.engine.distributed import broadcast_object, dist_info
-from facetrain.engine.run_dir import CHECKPOINT_DIR
+from facetrain.runs.checkpoint import load_checkpoint, load_newest_valid, newest_checkpoint
+from facetrain.parallel.groups import broadcast_object, dist_info
+from facetrain.runs.run_dir import CHECKPOINT_DIR
 from facetrain.errors import FacetrainError, ResumeError
 
 log = logging.getLogger("facetrain")

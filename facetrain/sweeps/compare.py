@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from facetrain.engine.tensorboard import LOSS_TAG, accuracy_tag
+from facetrain.runs.tensorboard import LOSS_TAG, accuracy_tag
 from facetrain.errors import FacetrainError
 
 Curve = list[tuple[int, float]]
