@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from facetrain.align import build_detector
-from facetrain.align.benchmark import agreement, face_frame_error, nme_figures, photos_at, read_reference
+from facetrain.benchmarks.align import agreement, face_frame_error, nme_figures, photos_at, read_reference
 from facetrain.align.landmarks_file import format_line
 from facetrain.data.images import decode_photo
 from tests.align_helpers import FACES_IN, PHOTOS

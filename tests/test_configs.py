@@ -10,10 +10,14 @@ from omegaconf import OmegaConf
 
 from facetrain.backbones import build_backbone
 from facetrain.config import register_schemas
+from facetrain.data import build_train_data
+from facetrain.data.images import encode_jpeg
+from facetrain.data.recordio import write_insightface_folder
 from facetrain.engine.optim import build_optimizer, build_scheduler
-from facetrain.engine.run_dir import register_resolvers
+from facetrain.runs.run_dir import register_resolvers
 from facetrain.heads import build_head
 from facetrain.train import hparams
+from tests.data_helpers import face
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_schemas()
@@ -70,6 +74,17 @@ def test_optimizer_and_scheduler_configs_build(optimizer, scheduler):
 def test_dataset_configs_compose(name):
     cfg = composed(f"dataset={name}")
     assert cfg.dataset.name == name and "num_classes" in cfg.dataset
+
+
+@pytest.mark.parametrize("name", [name for name in options("dataset")
+                                  if "/schema/dataset/rec@" in (CONFIGS / "dataset" / f"{name}.yaml").read_text()])
+def test_recordio_dataset_configs_build_on_a_recordio_folder(tmp_path, name):
+    """Every dataset config whose data the user points at (MS1Mv3, Glint360K, WebFace...) builds its dataset:
+    its name is a registered builder, and the builder reads insightface's layout."""
+    write_insightface_folder(tmp_path, [(i // 2, encode_jpeg(face(i))) for i in range(6)], num_classes=3)
+    cfg = composed(f"dataset={name}", f"dataset.root={tmp_path}", "dataset.num_classes=3")
+    data = build_train_data(cfg.dataset.name, **hparams(cfg.dataset))
+    assert (len(data.dataset), data.num_classes) == (6, 3)
 
 
 @pytest.mark.parametrize("name", options("experiment"))

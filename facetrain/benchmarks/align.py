@@ -33,9 +33,9 @@ from facetrain.align.crop import crop
 from facetrain.align.detectors import build_detector
 from facetrain.align.detectors.yunet import YuNet
 from facetrain.align.faces import DetectorSettings, Face
+from facetrain.benchmarks.measure import rate
 from facetrain.data.images import decode_photo, encode_jpeg
 
-Rate = Callable[[Callable[[], int], float], float]
 ROUNDS = 5  # speed: the median of this many turns over the detectors, each a fifth of --seconds
 PHOTOS = Path(__file__).resolve().parents[2] / "tests" / "data" / "photos"
 
@@ -141,7 +141,7 @@ def agreement(photos: list[tuple[str, bytes, float]], detectors: dict[str, Any],
     return {name: nme_figures(np.array(values).reshape(-1, 5, 2)) for name, values in errors.items()}
 
 
-def run_align(args: argparse.Namespace, rate: Rate) -> None:
+def run_align(args: argparse.Namespace) -> None:
     import torch
 
     cv2.setNumThreads(1)
@@ -172,7 +172,7 @@ def run_align(args: argparse.Namespace, rate: Rate) -> None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def add_align_command(subparsers: argparse._SubParsersAction, rate: Rate) -> None:
+def add_align_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("align", help="raw photos to aligned crops: photos/s per core, five-point agreement")
     parser.add_argument("--photos", type=Path, default=PHOTOS, help="folder of real photos (default: the test photos)")
     parser.add_argument("--side", type=int, default=1000, help="longer side the photos are scaled to (0: as they are)")
@@ -181,4 +181,4 @@ def add_align_command(subparsers: argparse._SubParsersAction, rate: Rate) -> Non
     parser.add_argument("--reference", type=Path, help="reference points: 'name x0 y0 ... x4 y4 score', a line per face")
     parser.add_argument("--seconds", type=float, default=10.0, help="CPU seconds per measurement (0: agreement only)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    parser.set_defaults(run=lambda args: run_align(args, rate))
+    parser.set_defaults(run=run_align)
