@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from facetrain.backbones import build_backbone
 from facetrain.data import TrainData, build_train_data, resolve_targets
+from facetrain.cores import capped_workers, usable_cores
 from facetrain.cpu_memory import reuse_freed_memory
 from facetrain.parallel.groups import DistInfo, dist_info, set_timeout
 from facetrain.engine.finetune import freeze_batch_norm, init_head_from_class_means, load_backbone_weights, matches
@@ -33,6 +34,7 @@ from facetrain.eval.callback import VerificationCallback
 from facetrain.heads import Head, build_head
 from facetrain.heads.checks import check_margin
 from facetrain.heads.sharded import shard_head
+from facetrain.plural import counted
 
 log = logging.getLogger("facetrain")
 
@@ -115,6 +117,7 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
         return build_head(cfg.loss.name, cfg.embedding_size, num_classes, **hparams(cfg.loss))
 
     sharded = shards_head(cfg.head.parallel.value, cfg.head.sample_rate, dist.world_size)
+    workers = data_workers(cfg.trainer.num_workers)
     with torch.random.fork_rng(devices=[]):  # every rank draws the same initial weights, whatever the world size
         torch.manual_seed(cfg.seed)
         backbone = build_backbone(cfg.backbone.name, cfg.embedding_size, **hparams(cfg.backbone))
@@ -127,7 +130,7 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
         model = model.to(memory_format=torch.channels_last)
     if fresh and cfg.init.head.value == "class_mean":
         init_head_from_class_means(model.head, model.backbone, data.dataset, dist, device, cfg.trainer.batch_size,
-                                   cfg.trainer.num_workers)
+                                   workers)
     if cfg.finetune.freeze_batch_norm:
         log.info(f"finetune.freeze_batch_norm: {freeze_batch_norm(model.backbone)} batch norm layers keep their statistics")
     if cfg.trainer.compile:
@@ -158,7 +161,7 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
     settings = TrainerSettings(
         run_dir=run_dir, total_steps=total_steps, batch_size=cfg.trainer.batch_size, seed=cfg.seed, device=device,
         amp_dtype=select_amp_dtype(cfg.trainer.precision.value, device), grad_clip=cfg.trainer.grad_clip,
-        log_every=cfg.trainer.log_every, num_workers=cfg.trainer.num_workers, hflip=cfg.trainer.hflip,
+        log_every=cfg.trainer.log_every, num_workers=workers, hflip=cfg.trainer.hflip,
         channels_last=cfg.trainer.channels_last, checkpoint_every=cfg.checkpoint.every_steps,
         keep_last=cfg.checkpoint.keep_last, save_best=cfg.checkpoint.save_best, best_metric=cfg.checkpoint.best_metric,
         max_nonfinite=cfg.trainer.max_nonfinite, eval_every=cfg.eval.every_steps, eval_at_start=cfg.eval.at_start,
@@ -168,6 +171,16 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
         frozen=frozen_prefixes(cfg, model), frozen_steps=cfg.finetune.frozen_steps,
     )
     return Trainer(model, optimizer, scheduler, data.dataset, settings, dist, evaluator, tracker)
+
+
+def data_workers(requested: int) -> int:
+    """``trainer.num_workers``, at most one DataLoader worker per core this process may use (a preset's 8 on a
+    2-core machine would only share the 2 cores); train.log says when it capped them."""
+    workers = capped_workers(requested)
+    if workers < requested:
+        log.info(f"trainer.num_workers={requested}, but this process may use {counted(usable_cores(), 'CPU core')}: "
+                 f"{counted(workers, 'DataLoader worker')}")
+    return workers
 
 
 def frozen_prefixes(cfg: DictConfig, model: torch.nn.Module) -> tuple[str, ...]:
@@ -239,7 +252,7 @@ def train(cfg: DictConfig, run_dir: Path, dist: DistInfo, checkpoint: Optional[d
     trainer = build_trainer(cfg, data, run_dir, dist, device, fresh=checkpoint is None, tracker=tracker)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
-    log.info(f"training {cfg.backbone.name} + {cfg.loss.name} for {trainer.s.total_steps} steps "
+    log.info(f"training {cfg.backbone.name} + {cfg.loss.name} for {counted(trainer.s.total_steps, 'step')} "
              f"({trainer.steps_per_epoch} per epoch, global batch {trainer.step_batch}) on {device}"
              + (f", head split over {dist.world_size} rank{'s' if dist.world_size > 1 else ''} (sample_rate {cfg.head.sample_rate})" if trainer.rank_local else ""))
     return trainer.fit()

@@ -36,6 +36,7 @@ from facetrain.align.job import AlignOptions, Likeness, align_folder
 from facetrain.align.options import add_detection_options, detector_settings
 from facetrain.align.tree import FORMATS
 from facetrain.cli import run_script, script_parser
+from facetrain.plural import counted
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -83,7 +84,7 @@ def summary(report: dict, seconds: float, output: Path) -> str:
     parts = [f"{counts['aligned']} aligned"] + [f"{counts[key]} {key.replace('_', ' ')}" for key in
                                                ("no_face", "too_small", "unreadable", "not_picked") if counts[key]]
     several = f"; {counts['several_faces']} with several faces" if counts["several_faces"] else ""
-    return (f"align: {counts['photos']} photos: {', '.join(parts)}{several}; {seconds:.0f} s; "
+    return (f"align: {counted(counts['photos'], 'photo')}: {', '.join(parts)}{several}; {seconds:.0f} s; "
             f"crops, landmarks.txt and report.json in {output}")
 
 

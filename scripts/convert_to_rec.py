@@ -29,6 +29,7 @@ from facetrain.data.images import decode_image, encode_jpeg, resize_square
 from facetrain.data.imagefolder import list_images
 from facetrain.data.recordio import pack_record, scan_records, unpack_record, write_insightface_folder, write_property, write_records
 from facetrain.errors import DataError
+from facetrain.plural import counted
 
 Payload = tuple[Optional[bytes], str]  # (encoded image, or None and why it was skipped)
 
@@ -108,7 +109,7 @@ def convert(src: Path, dst: Path, size: int = 112, quality: int = 95, reencode: 
     else:
         write_insightface_folder(dst, readable(), num_classes, size)
     written = len(labels) - len(skipped)
-    print(f"convert_to_rec: wrote {written} images of {num_classes} identities to {dst}"
+    print(f"convert_to_rec: wrote {counted(written, 'image')} of {counted(num_classes, 'identity', 'identities')} to {dst}"
           + (f" ({len(skipped)} unreadable images skipped)" if skipped else ""), file=sys.stderr)
     return written
 
@@ -121,7 +122,7 @@ def reindex(root: Path) -> int:
         for count, (offset, _) in enumerate(tqdm(scan_records(root / "train.rec"), desc="reindex", unit="rec"), start=1):
             f.write(f"{count - 1}\t{offset}\n")
     os.replace(tmp, root / "train.idx")
-    print(f"convert_to_rec: indexed {count} records in {root / 'train.idx'}", file=sys.stderr)
+    print(f"convert_to_rec: indexed {counted(count, 'record')} in {root / 'train.idx'}", file=sys.stderr)
     return count
 
 

@@ -28,6 +28,7 @@ from facetrain.cli import compose_train_config, run_script, script_parser
 from facetrain.data import resolve_targets
 from facetrain.data.transforms import INPUT_CONVENTION
 from facetrain.files import file_sha256
+from facetrain.plural import counted
 from facetrain.runs.checkpoint import save_checkpoint
 from facetrain.errors import ModelError
 from facetrain.eval import VerificationCallback
@@ -67,7 +68,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         hparams = backbone_settings(name, size, layout.hparams if name == layout.backbone else {})
         backbone, left_out = build_loaded(found, name, hparams, size, args.input_order, args.strict)
         print(f"{args.file}: {layout.description} -> facetrain {name}, {size}-d embeddings"
-              + (f"; {len(left_out)} tensors start fresh" if left_out else ""))
+              + (f"; {counted(len(left_out), 'tensor')} start fresh" if left_out else ""))
         state = {"backbone": backbone.state_dict(), "config": {"backbone": {"name": name, **hparams}, "embedding_size": size},
                  "input": INPUT_CONVENTION, "imported_from": {"file": str(args.file), "sha256": file_sha256(found.file.path),
                                                              "layout": layout.description}}

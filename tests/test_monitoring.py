@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_tensorboard_holds_the_head_diagnostics_recomputed_by_hand(tmp_path):
     assert last(tb, "train/throughput") > 0 and 0.0 <= last(tb, "train/data_wait") <= 1.0
     assert last(tb, LOSS_TAG) == pytest.approx(trainer.report.record.last_loss)
     assert [(e.step, e.value) for e in tb.Scalars(accuracy_tag("toy"))] == [(0, 0.5), (3, 0.75), (6, pytest.approx(0.7))]
-    assert [e.value for e in tb.Scalars(accuracy_tag("toy", best=True))] == [0.5, 0.75, 0.75]
+    assert [(e.step, e.value) for e in tb.Scalars(accuracy_tag("toy", best=True))] == [(3, 0.75), (6, 0.75)]
     assert "system/gpu_memory_peak_gib" not in tb.Tags()["scalars"]  # CPU run
 
     config = tb.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
@@ -89,6 +90,21 @@ def test_tensorboard_holds_the_head_diagnostics_recomputed_by_hand(tmp_path):
     start = plugin_data_pb2.HParamsPluginData.FromString(tb.PluginTagToContent("hparams")["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["loss.m"].number_value == pytest.approx(0.2)
     assert last(tb, "hparams/toy/best_accuracy") == 0.75 and last(tb, "hparams/toy/accuracy") == pytest.approx(0.7)
+
+
+def test_the_untrained_step_0_is_never_the_best(tmp_path, caplog):
+    """Best accuracy (metrics.json, TensorBoard's best tag, the hparams, the log) counts evaluations after training
+    started, as best.pt does: here step 0 scores highest and the best is still step 3's."""
+    trainer = frozen_trainer(tmp_path, "cosface", s=16.0, m=0.2)
+    trainer.evaluator = FixedEvaluator([0.9, 0.75, 0.7])
+    with caplog.at_level(logging.INFO, logger="facetrain"):
+        trainer.fit()
+    assert json.loads((tmp_path / "metrics.json").read_text())["best"] == {"toy": {"accuracy": 0.75, "step": 3}}
+    tb = events(tmp_path)
+    assert [(e.step, e.value) for e in tb.Scalars(accuracy_tag("toy", best=True))] == [(3, 0.75), (6, 0.75)]
+    assert last(tb, "hparams/toy/best_accuracy") == 0.75
+    assert "step 0 val toy: accuracy 0.9000 +- 0.0000 (10 pairs)\n" in caplog.text
+    assert "step 3 val toy: accuracy 0.7500 +- 0.0000 (10 pairs, best 0.7500)" in caplog.text
 
 
 def test_head_state_is_logged_as_the_head_names_it(tmp_path):

@@ -223,3 +223,13 @@ def test_sphereface_annealing_is_re_expressed_with_the_steps(tmp_path):
     head, expected = resumed.model.head.inner, reference.model.head.inner
     assert head.iteration.item() == expected.iteration.item() == 7
     assert head.annealing().item() == expected.annealing().item() > head.annealing(torch.tensor(23)).item()
+
+
+def test_the_resume_warning_counts_one_process_in_the_singular(tmp_path, caplog):
+    """The warning of a resume with another batch names the processes that wrote the checkpoint: one is
+    'process' (it read '1 processes')."""
+    make_trainer(tmp_path / "run", images=BUDGET_IMAGES, global_batch=5, max_steps=4).fit()
+    trainer = make_trainer(tmp_path / "run", images=BUDGET_IMAGES, global_batch=10, max_steps=4)
+    with caplog.at_level(logging.WARNING, logger="facetrain"):
+        trainer.load_state_dict(load_newest_valid(tmp_path / "run" / "checkpoints")[1])
+    assert "the checkpoint was written by 1 process with a global batch of 5, this run has 1 and 10" in caplog.text

@@ -4,7 +4,6 @@ template pooling, pair scoring, the ROC and identification."""
 from __future__ import annotations
 
 import argparse
-import os
 
 import cv2
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from facetrain.align import ARCFACE_DST, crop
 from facetrain.backbones import build_backbone
 from facetrain.benchmarks.measure import rate, timed
+from facetrain.cores import usable_cores
 from facetrain.data.images import decode_image, encode_jpeg
 from facetrain.data.synthetic_faces import render_face, sample_identity
 from facetrain.eval.embed import embed_batches
@@ -45,7 +45,7 @@ def run_ijb(args: argparse.Namespace) -> None:
     rows.append(("align: decode a 250x250 loose-crop JPEG + 5-point similarity warp (one core)", "images/CPU-s",
                  rate(lambda: sum(1 for j, lm in zip(jpegs, landmarks) if crop(decode_image(j), lm) is not None),
                       args.seconds)))
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     backbone = build_backbone(args.backbone, args.dim).to(device).eval()
     batch = np.zeros((args.batch_size, 112, 112, 3), np.uint8)
     embed_batches(backbone, [batch], device)  # warm-up

@@ -10,6 +10,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Sequence
 
+from facetrain.cores import capped_workers
 from facetrain.data.images import decode_image
 from facetrain.files import atomic_write
 from facetrain.errors import DataError
@@ -48,7 +49,7 @@ def unreadable_images(paths: Sequence[str], cache_name: str) -> list[str]:
             signatures[path] = "missing"
     todo = [p for p in paths if signatures[p] == "missing" or known.get(p, [None])[0] != signatures[p]]
     if todo:
-        workers = min(len(todo) // 64 + 1, os.cpu_count() or 1)
+        workers = capped_workers(len(todo) // 64 + 1)
         if workers > 1:
             with get_context("fork").Pool(workers) as pool:
                 results = pool.map(_readable, todo, chunksize=64)

@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from facetrain.cores import usable_cores
 from facetrain.data.images import encode_jpeg
 from facetrain.data.readability import default_cache_dir
 from facetrain.data.recordio import write_insightface_folder
@@ -99,7 +100,7 @@ def build_synthetic(spec: SyntheticSpec, root: Path, workers: int = 0) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
     try:
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        with ProcessPoolExecutor(max_workers=workers or usable_cores()) as pool:
             train = pool.map(render_identity, *_jobs(spec.seed, _TRAIN, spec.num_classes, spec.images_per_class), chunksize=8)
             labelled = ((label, image) for label, images in enumerate(train) for image in images)
             write_insightface_folder(tmp, labelled, spec.num_classes)

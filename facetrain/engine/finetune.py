@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from facetrain.data.datasets import FaceDataset
 from facetrain.data.transforms import normalize
 from facetrain.parallel.groups import DistInfo
+from facetrain.plural import counted
 from facetrain.heads import Head
 from facetrain.weights import load_into, read_layout
 
@@ -87,8 +88,8 @@ def init_head_from_class_means(head: Head, backbone: nn.Module, dataset: Dataset
     initial = head.weight.detach().view(count, -1, head.embedding_size)[:, 0]
     head.init_class_centres(torch.where(seen.unsqueeze(1), block, initial.to(block)))
     missing = int((counts == 0).sum())
-    log.info(f"init.head=class_mean: {head.num_classes - missing} class centres set to their images' mean embedding"
-             + (f"; {missing} classes without images keep random centres" if missing else ""))
+    log.info(f"init.head=class_mean: {counted(head.num_classes - missing, 'class centre')} set to their images' mean "
+             f"embedding" + (f"; {counted(missing, 'class', 'classes')} without images keep random centres" if missing else ""))
 
 
 def freeze_batch_norm(module: nn.Module) -> int:

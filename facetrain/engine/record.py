@@ -24,21 +24,24 @@ class RunRecord:
         self.last_val: dict[str, dict[str, Any]] = {}  # target -> the verification result
         self.last_loss: Optional[float] = None
 
-    def improves(self, results: dict[str, dict[str, Any]], target: str) -> bool:
-        """Whether ``results`` beat the best accuracy of ``target`` so far."""
-        return results[target]["accuracy"] > self.best.get(target, {}).get("accuracy", -1.0)
+    def improves(self, results: dict[str, dict[str, Any]], target: str, step: int) -> bool:
+        """Whether ``results`` at ``step`` beat the best accuracy of ``target`` so far. The untrained model
+        (step 0, ``eval.at_start``) is a reference, never the best: best.pt is never written at step 0 either."""
+        return step > 0 and results[target]["accuracy"] > self.best.get(target, {}).get("accuracy", -1.0)
 
     def add_validation(self, results: dict[str, dict[str, Any]], step: int, writer: SummaryWriter) -> None:
         """Keep ``results`` (target -> accuracy, std, pairs) as the last and, where better, the best;
-        log a line per target and write its accuracy and best accuracy to TensorBoard."""
+        log a line per target and write its accuracy and (once training started) best accuracy to TensorBoard."""
         self.last_val = results
         for name, result in results.items():
-            if self.improves(results, name):
+            if self.improves(results, name, step):
                 self.best[name] = {"accuracy": result["accuracy"], "step": step}
             writer.add_scalar(accuracy_tag(name), result["accuracy"], step)
-            writer.add_scalar(accuracy_tag(name, best=True), self.best[name]["accuracy"], step)
+            best = self.best.get(name)
+            if best is not None:
+                writer.add_scalar(accuracy_tag(name, best=True), best["accuracy"], step)
             log.info(f"step {step} val {name}: accuracy {result['accuracy']:.4f} +- {result['std']:.4f} "
-                     f"({result['pairs']} pairs, best {self.best[name]['accuracy']:.4f})")
+                     f"({result['pairs']} pairs" + (f", best {best['accuracy']:.4f})" if best else ")"))
 
     def metrics(self, step: int, epoch: float) -> dict[str, Any]:
         """The run's figures at ``step``, having trained ``epoch`` epochs of data."""

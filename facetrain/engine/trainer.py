@@ -27,6 +27,7 @@ from facetrain.errors import ResumeError
 from facetrain.parallel.groups import (DistInfo, all_gather_objects, barrier, broadcast_object, global_grad_norm,
                                        sum_gradients)
 from facetrain.parallel.shards import full_optimizer_state, shard_optimizer_state
+from facetrain.plural import counted
 from facetrain.runs.checkpoint import (BEST_NAME, checkpoint_path, rng_state, rotate_checkpoints, save_checkpoint,
                                        set_rng_state)
 from facetrain.runs.logging import Progress
@@ -286,7 +287,7 @@ class Trainer:
             with self.window.pause():
                 results = self.evaluator(self.model.backbone)
             target = self.s.best_metric or next(iter(results))
-            improved = self.s.save_best and self.step > 0 and self.report.record.improves(results, target)
+            improved = self.s.save_best and self.report.record.improves(results, target, self.step)
             if improved:
                 log.info(f"step {self.step} {target} accuracy improved: saving {BEST_NAME}")
             self.report.validation(results, self.step, self.epoch_position)
@@ -378,7 +379,7 @@ class Trainer:
             self.batch = steps_in_epoch * self.s.grad_accum
             self.scheduler.last_epoch = self.step
             self.model.re_express_steps(re_express)
-            log.warning(f"warning: the checkpoint was written by {state['world_size']} processes with a global batch of "
+            log.warning(f"warning: the checkpoint was written by {counted(state['world_size'], 'process', 'processes')} with a global batch of "
                         f"{global_batch}, this run has {self.dist.world_size} and {step_batch}: step {state['step']} "
                         f"(epoch {state['epoch']} + {state['batch_in_epoch'] // accum} of its steps) continues as step "
                         f"{self.step} of {self.s.total_steps} at epoch {self.epoch_position:.4f}, the schedule in steps of "

@@ -5,7 +5,6 @@ An unreadable file does not stop a worker: its item carries the reason, and the 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from facetrain.cores import capped_workers
 from facetrain.data.images import decode_image, resize_square
 from facetrain.data.imagefolder import PackedStrings
 from facetrain.errors import DataError
@@ -52,12 +52,12 @@ class ImageFiles(Dataset):
 def load_images(dataset: ImageFiles, batch_size: int, workers: int,
                 pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
     """Batches ``(images uint8 [B,size,size,3], indices [B], errors)`` in dataset order."""
-    workers = min(workers, os.cpu_count() or 1)
+    workers = capped_workers(workers)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
                         prefetch_factor=4 if workers else None, persistent_workers=False)
     yield from loader
 
 
 def default_workers() -> int:
-    """DataLoader workers for evaluation: the CPU cores, at most 8."""
-    return min(8, os.cpu_count() or 1)
+    """DataLoader workers for evaluation: the CPU cores this process may use, at most 8."""
+    return capped_workers(8)

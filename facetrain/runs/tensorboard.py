@@ -21,7 +21,7 @@ def accuracy_tag(target: str, best: bool = False) -> str:
 def validation_scalars(results: dict[str, dict[str, Any]], best: dict[str, dict[str, float]]) -> dict[str, float]:
     """Each verification target's accuracy and best accuracy by their tags (as ``RunRecord`` writes them)."""
     scalars = {accuracy_tag(target): result["accuracy"] for target, result in results.items()}
-    return scalars | {accuracy_tag(target, best=True): best[target]["accuracy"] for target in results}
+    return scalars | {accuracy_tag(target, best=True): best[target]["accuracy"] for target in results if target in best}
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, HParam]:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from facetrain.files import atomic_write
 from facetrain.parallel.groups import cleanup
+from facetrain.plural import counted
 from facetrain.runs.failure import describe_error
 from facetrain.runs.run_dir import launch_rank, register_resolvers
 from facetrain.sweeps.submitit_jobs import in_submitit_job, join_process_group
@@ -137,7 +138,7 @@ def markdown(summary: dict[str, Any]) -> str:
     header = ["job", "overrides", "status", "steps", "final loss"]
     header += [f"{target} {kind}" for target in targets for kind in ("final", "best (step)")]
     lines = [f"# Sweep {summary['sweep']}", "",
-             f"{len(jobs)} jobs" + (f"; every job: `{' '.join(common)}`" if common else ""), "",
+             counted(len(jobs), "job") + (f"; every job: `{' '.join(common)}`" if common else ""), "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for job, overrides in zip(jobs, shown):
         row = [str(job["job"]), f"`{' '.join(overrides)}`" if overrides else "-", job["status"],

@@ -17,6 +17,7 @@ from torch import nn
 
 from facetrain.backbones import build_backbone
 from facetrain.errors import ModelError
+from facetrain.plural import counted
 from facetrain.weights.convert import to_facetrain, to_official
 from facetrain.weights.files import WeightFile, read_weight_file, write_safetensors
 from facetrain.weights.layouts import Layout, detect, strip_prefix
@@ -122,7 +123,7 @@ def load_into(found: Found, backbone: nn.Module, name: str, hparams: dict[str, A
                                           strict)
     backbone.load_state_dict(converted)
     if left_out:
-        log.info(f"{found.file.path}: {len(left_out)} tensors start fresh ({', '.join(left_out[:4])}"
+        log.info(f"{found.file.path}: {counted(len(left_out), 'tensor')} start fresh ({', '.join(left_out[:4])}"
                  + (", ..." if len(left_out) > 4 else "") + ")")
     if layout.channel_order == "BGR":
         log.info(f"{found.file.path}: trained on BGR input; its first convolution was converted to take RGB")
