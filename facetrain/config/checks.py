@@ -96,6 +96,7 @@ PROBABILITY = between(0.0, 1.0, 0.5)
 DROPOUT = between(0.0, 1.0, 0.1, open_high=True)
 SCALE = above(0.0, 64.0, _unusual_scale)
 ANGLE = between(0.0, math.pi, 0.5, open_high=True, warn=_unusual_margin)
+FILTER = between(0.0, 1.0, 0.4, open_high=True)  # a cosine; 0 = off (arcface_torch's interclass_filtering_threshold)
 
 # blocks in a stage or a ViT: the deepest published face and ViT networks have up to 48; a bound keeps a file's
 # config (facetrain.weights.network) from asking for millions of layers before its tensors are compared
@@ -154,12 +155,13 @@ CHECKS: dict[type, dict[str, Optional[Check]]] = {
     groups.LossConfig: {"name": TYPED},
     groups.SoftmaxConfig: {"bias": TYPED},
     groups.NormFaceConfig: {"s": SCALE},
-    groups.CosFaceConfig: {"s": SCALE, "m": at_least(0.0, 0.4)},
-    groups.ArcFaceConfig: {"s": SCALE, "m": ANGLE, "variant": TYPED, "straight_through": TYPED},
+    groups.CosFaceConfig: {"s": SCALE, "m": at_least(0.0, 0.4), "interclass_filtering_threshold": FILTER},
+    groups.ArcFaceConfig: {"s": SCALE, "m": ANGLE, "variant": TYPED, "straight_through": TYPED,
+                           "interclass_filtering_threshold": FILTER},
     groups.SubCenterArcFaceConfig: {"s": SCALE, "m": ANGLE, "k": at_least(1, 3, integer=True), "variant": TYPED,
-                               "straight_through": TYPED},
+                               "straight_through": TYPED, "interclass_filtering_threshold": FILTER},
     groups.CombinedMarginConfig: {"s": SCALE, "m1": above(0.0, 1.0), "m2": ANGLE, "m3": at_least(0.0, 0.2),
-                             "straight_through": TYPED},
+                             "straight_through": TYPED, "interclass_filtering_threshold": FILTER},
     groups.X2SoftmaxConfig: {"s": SCALE, "a": Check(lambda v: _number(v) and v < 0, "a negative number: the target must fall "
                                                                              "with the angle", -0.9, bad=0.9),
                         "h": between(0.0, math.pi, 0.0), "k": between(-1.0, 1.0, 0.65), "straight_through": TYPED},

@@ -75,6 +75,7 @@ class SoftmaxConfig(LossConfig):
 class CosFaceConfig(LossConfig):
     s: float = MISSING
     m: float = MISSING
+    interclass_filtering_threshold: float = MISSING  # > 0: non-target cosines above it count 0 (arcface_torch's filter)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class ArcFaceConfig(LossConfig):
     m: float = MISSING
     variant: ArcFaceVariant = MISSING
     straight_through: bool = MISSING  # the target's value, the gradient of s*cos (today's arcface_torch with plain)
+    interclass_filtering_threshold: float = MISSING  # > 0: non-target cosines above it count 0 (arcface_torch's filter)
 
 
 @dataclass
@@ -114,6 +116,7 @@ class CombinedMarginConfig(LossConfig):
     m2: float = MISSING
     m3: float = MISSING
     straight_through: bool = MISSING  # the angular part's gradient is that of cos (today's arcface_torch)
+    interclass_filtering_threshold: float = MISSING  # > 0: non-target cosines above it count 0 (arcface_torch's filter)
 
 
 @dataclass
@@ -168,6 +171,7 @@ class SubCenterArcFaceConfig(LossConfig):
     k: int = MISSING
     variant: ArcFaceVariant = MISSING
     straight_through: bool = MISSING
+    interclass_filtering_threshold: float = MISSING  # > 0: non-target cosines above it count 0 (arcface_torch's filter)
 
 
 # ---- datasets -----------------------------------------------------------------------------------

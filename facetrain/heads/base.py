@@ -18,6 +18,10 @@ Per-class tensors are the parameters and buffers whose first dimension grows wit
 
 For monitoring, every forward also returns :meth:`Head.diagnostics` (per-sample values, detached) and
 :meth:`Head.stats` names the head's state worth watching; the trainer logs both without knowing the head.
+
+Inter-class filtering (arcface_torch's ``interclass_filtering_threshold``, for data with identities that
+are one person): :meth:`Head.filter_non_targets` multiplies by 0 every non-target score above the threshold
+before the non-target rule sees it (the margin heads take the threshold; 0 = off), and counts them.
 """
 from __future__ import annotations
 
@@ -64,6 +68,7 @@ class Head(nn.Module, ABC):
     """
 
     loss_covers_global_batch = False  # True: the loss is that of every rank's batch (sharded heads)
+    interclass_filtering_threshold = 0.0  # > 0: non-target scores above it count 0 (filter_non_targets)
 
     def __init__(self, embedding_size: int, num_classes: int, centres_per_class: Optional[int] = 1) -> None:
         super().__init__()
@@ -92,12 +97,34 @@ class Head(nn.Module, ABC):
         tensors at ``labels`` only."""
         return None
 
+    def filter_non_targets(self, scores: torch.Tensor, column: torch.Tensor,
+                           has_target: torch.Tensor | bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """arcface_torch's inter-class filtering: ``scores`` with every non-target score above
+        :attr:`interclass_filtering_threshold` multiplied by 0 (no gradient reaches it), and the number of
+        them per sample ``[N]`` (None when the threshold is 0: ``scores`` unchanged). ``column`` ``[N, 1]``
+        is each sample's target column, where ``has_target`` ``[N, 1]`` says these columns hold it (a
+        sharded head's rows whose class another rank holds have no target among its columns)."""
+        if self.interclass_filtering_threshold <= 0:
+            return scores, None
+        with torch.no_grad():
+            dirty = scores > self.interclass_filtering_threshold
+            dirty.scatter_(1, column, dirty.gather(1, column) & ~torch.as_tensor(has_target, device=scores.device))
+            keep = (~dirty).to(scores.dtype)
+        return keep * scores, dirty.sum(dim=1)
+
+    def record_filtered(self, count: torch.Tensor) -> None:
+        """Keep the number of scores the last forward filtered (its whole batch) for :meth:`stats`."""
+        self.filtered_logits.copy_(count)
+
     # ---- composed ---------------------------------------------------------------------------------
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """fp32 logits ``[N, num_classes]`` fed to cross-entropy."""
         scores = self.scores(embeddings)
         index = labels.view(-1, 1)
         score_target = scores.gather(1, index)
+        scores, filtered = self.filter_non_targets(scores, index)
+        if filtered is not None:
+            self.record_filtered(filtered.sum())
         others = self.other_logits(scores, score_target, embeddings)
         return others.scatter(1, index, self.target_logit(score_target, embeddings))
 
@@ -190,9 +217,14 @@ class MarginHead(Head):
     Only the target column is modified (a gather and a scatter, no one-hot matrix).
     """
 
-    def __init__(self, embedding_size: int, num_classes: int, s: float, centres_per_class: int = 1) -> None:
+    def __init__(self, embedding_size: int, num_classes: int, s: float, centres_per_class: int = 1,
+                 interclass_filtering_threshold: float = 0.0) -> None:
         super().__init__(embedding_size, num_classes, centres_per_class)
         self.s = s
+        if interclass_filtering_threshold > 0:
+            self.interclass_filtering_threshold = interclass_filtering_threshold
+            # non-target logits the last forward filtered (its global batch): stats() -> TensorBoard head/filtered_logits
+            self.register_buffer("filtered_logits", torch.zeros(()), persistent=False)
 
     def cosine(self, embeddings: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``cos(theta)`` between every embedding and the centres of ``classes`` (all for None), clamped to [-1, 1]."""
@@ -216,4 +248,6 @@ class MarginHead(Head):
         return self.s * scores
 
     def extra_repr(self) -> str:
-        return f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, s={self.s}"
+        filtering = self.interclass_filtering_threshold
+        return (f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, s={self.s}"
+                + (f", interclass_filtering_threshold={filtering}" if filtering > 0 else ""))

@@ -49,6 +49,13 @@ class CenterLoss(Head):
     def other_logits(self, scores: torch.Tensor, score_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         return self.base.other_logits(scores, score_target, embeddings)
 
+    def filter_non_targets(self, scores: torch.Tensor, column: torch.Tensor,
+                           has_target: torch.Tensor | bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return self.base.filter_non_targets(scores, column, has_target)
+
+    def record_filtered(self, count: torch.Tensor) -> None:
+        self.base.record_filtered(count)
+
     def extra_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         pull = self.lambda_c * 0.5 * (embeddings - self.centers[labels]).pow(2).sum(dim=1)
         if self.training:

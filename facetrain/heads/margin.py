@@ -95,8 +95,9 @@ class NormFace(MarginHead):
 class CosFace(MarginHead):
     """CosFace / LMCL (Wang et al., CVPR 2018): target ``s * (cos(theta) - m)``."""
 
-    def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.40) -> None:
-        super().__init__(embedding_size, num_classes, s)
+    def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.40,
+                 interclass_filtering_threshold: float = 0.0) -> None:
+        super().__init__(embedding_size, num_classes, s, interclass_filtering_threshold=interclass_filtering_threshold)
         self.m = m
 
     def target_cosine(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -120,9 +121,9 @@ class ArcFace(MarginHead):
 
     def __init__(
         self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, variant: str = "fallback",
-        straight_through: bool = False, centres_per_class: int = 1,
+        straight_through: bool = False, centres_per_class: int = 1, interclass_filtering_threshold: float = 0.0,
     ) -> None:
-        super().__init__(embedding_size, num_classes, s, centres_per_class)
+        super().__init__(embedding_size, num_classes, s, centres_per_class, interclass_filtering_threshold)
         self.m, self.variant = m, check_choice(variant, ARC_VARIANTS, "ArcFace variant")
         self.straight_through = straight_through
 
@@ -146,9 +147,9 @@ class CombinedMargin(MarginHead):
 
     def __init__(
         self, embedding_size: int, num_classes: int, s: float = 64.0, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2,
-        straight_through: bool = False,
+        straight_through: bool = False, interclass_filtering_threshold: float = 0.0,
     ) -> None:
-        super().__init__(embedding_size, num_classes, s)
+        super().__init__(embedding_size, num_classes, s, interclass_filtering_threshold=interclass_filtering_threshold)
         self.m1, self.m2, self.m3, self.straight_through = m1, m2, m3, straight_through
 
     def target_cosine(self, cos_target: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -176,9 +177,10 @@ class SubCenterArcFace(ArcFace):
 
     def __init__(
         self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, k: int = 3,
-        variant: str = "plain", straight_through: bool = False,
+        variant: str = "plain", straight_through: bool = False, interclass_filtering_threshold: float = 0.0,
     ) -> None:
-        super().__init__(embedding_size, num_classes, s, m, variant, straight_through, centres_per_class=k)
+        super().__init__(embedding_size, num_classes, s, m, variant, straight_through, centres_per_class=k,
+                         interclass_filtering_threshold=interclass_filtering_threshold)
         self.k = k
 
     @property

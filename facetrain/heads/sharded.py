@@ -9,8 +9,10 @@ target score of every sample from the rank that holds its class, applies the hea
 (:meth:`Head.other_logits`) on all, and takes a cross-entropy whose max, sum of exponentials and
 target logit are reduced over ranks. Per-sample extra terms (:meth:`Head.extra_loss`: center loss,
 MagFace) and the monitoring diagnostics (:meth:`ShardedHead.global_diagnostics`) are computed by the
-rank holding each sample's class. Batch statistics of stateful heads (AdaFace, CurricularFace, center
-loss) see the gathered batch, so they stay the same on every rank.
+rank holding each sample's class. Inter-class filtering (:meth:`Head.filter_non_targets`) runs on each
+rank's own columns, the rows whose class lives elsewhere having no target there. Batch statistics of
+stateful heads (AdaFace, CurricularFace, center loss) see the gathered batch, so they stay the same on
+every rank.
 On one process the result equals the wrapped head's.
 
 Partial FC (An et al., "Partial FC: Training 10 Million Identities on a Single Machine", ICCVW 2021;
@@ -99,6 +101,7 @@ class ShardedHead(Head):
             with global_batch():
                 scores = self.inner.scores(embeddings, classes)
                 score_target = sum_with_grad(torch.where(mine, scores.gather(1, column), 0.0))
+                scores, filtered = self.inner.filter_non_targets(scores, column, mine)
                 others = self.inner.other_logits(scores, score_target, embeddings)
                 target = torch.where(mine, self.inner.target_logit(score_target, embeddings), others.gather(1, column))
                 logits = others.scatter(1, column, target)
@@ -106,24 +109,31 @@ class ShardedHead(Head):
                 extra = self.inner.extra_loss(embeddings[owned], local[owned])
             if extra is not None:
                 loss = loss + sum_of_replicated(extra.sum()) / len(embeddings)
-            return HeadOutput(loss, logits, self.global_diagnostics(embeddings, local, owned, target))
+            return HeadOutput(loss, logits, self.global_diagnostics(embeddings, local, owned, target, filtered))
 
     @torch.no_grad()
     def global_diagnostics(self, embeddings: torch.Tensor, local: torch.Tensor, owned: torch.Tensor,
-                           target: torch.Tensor) -> dict[str, torch.Tensor]:
+                           target: torch.Tensor, filtered: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """:meth:`Head.diagnostics` of the global batch (the same on every rank): each sample's target
         logit and target angle come from the rank holding its class (its rows of the centres, indexed in
-        its block) and are summed over ranks (one all-reduce)."""
+        its block) and are summed over ranks (one all-reduce). In the same all-reduce, the scores each rank
+        filtered in its columns (``filtered`` ``[N]``, with inter-class filtering) add up to the global
+        batch's count, which the wrapped head keeps for :meth:`stats`."""
         owned_values = torch.stack([target.squeeze(1)[owned], self.inner.target_angle(embeddings[owned], local[owned])], dim=1)
         values = embeddings.new_zeros((len(embeddings), 2)).index_put_((owned,), owned_values)
+        if filtered is not None:
+            values = torch.cat([values, filtered.to(values.dtype).view(-1, 1)], dim=1)
         values = sum_with_grad(values)  # no grad here: a plain sum over ranks
+        if filtered is not None:
+            self.inner.record_filtered(values[:, 2].sum())
         return {"target_logit": values[:, 0], "target_angle": values[:, 1], "embedding_norm": embeddings.norm(dim=1)}
 
     def class_block(self) -> tuple[int, int]:
         return self.start, self.count
 
     def stats(self) -> dict[str, torch.Tensor]:
-        """The wrapped head's (its scalar state is the same on every rank)."""
+        """The wrapped head's (its scalar state is the same on every rank; the count of filtered scores is
+        the global batch's)."""
         return self.inner.stats()
 
     @torch.no_grad()
