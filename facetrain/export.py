@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from facetrain.errors import ModelError
+from facetrain.inference_onnx import OnnxBackbone
 
 INPUT_NAME, OUTPUT_NAME = "input", "embedding"
 OPSET = 17
@@ -25,6 +26,8 @@ IMAGE_SIZE = 112
 
 def export_onnx(backbone: nn.Module, path: Path, opset: int = OPSET, image_size: int = IMAGE_SIZE) -> Path:
     """Write ``backbone`` (put in eval mode, on the CPU) to ``path`` with a dynamic batch axis."""
+    if isinstance(backbone, OnnxBackbone):
+        raise ModelError(f"{backbone.path} is an ONNX model already", "pass a checkpoint or weight file to export")
     backbone = backbone.cpu().eval()
     example = torch.zeros(2, 3, image_size, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)

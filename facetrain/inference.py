@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from facetrain.errors import ConfigError, ModelError
+from facetrain.inference_onnx import load_onnx_backbone, looks_like_onnx
 from facetrain.runs.checkpoint import CorruptCheckpointError, load_checkpoint
 from facetrain.runs.run_dir import find_checkpoint
 from facetrain.weights import build_loaded, recognise
@@ -15,7 +16,8 @@ from facetrain.weights.files import READ_AGAIN, SAFETENSORS, checkpoint_weights,
 
 def load_backbone(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
     """The eval-mode backbone of a checkpoint file (or a facetrain safetensors export), or of a run directory's
-    newest checkpoint.
+    newest checkpoint; or an ONNX recognition model (insightface's model packs, facetrain's exports) run by
+    onnxruntime behind the same interface (:mod:`facetrain.inference_onnx`).
 
     Only the checkpoint's ``backbone`` and ``config`` are read (the file is memory-mapped), so a
     checkpoint of any head, sharded or not, written by any number of processes loads alike. The file's config
@@ -23,6 +25,8 @@ def load_backbone(path: str | os.PathLike, device: torch.device | str = "cpu") -
     network is built (:mod:`facetrain.weights.network`): a small file cannot ask for a large model.
     """
     file = find_checkpoint(path)
+    if looks_like_onnx(file):
+        return load_onnx_backbone(file, device)
     if file_format(file) == SAFETENSORS:
         weights = read_weight_file(file)
     else:

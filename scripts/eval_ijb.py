@@ -89,7 +89,7 @@ def write_1n(result: OneNResult, out: Path, report: dict) -> list[Path]:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = script_parser("eval_ijb", __doc__)
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory (its newest checkpoint)")
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint file, a run directory (its newest checkpoint) or an ONNX model")
     parser.add_argument("--ijb-root", type=Path, required=True, help="insightface's IJB folder (loose_crop/, meta/)")
     parser.add_argument("--target", choices=TARGETS, default="IJBC")
     parser.add_argument("--output", type=Path, default=Path("ijb_results"), help="folder for the JSON, PNGs and scores")

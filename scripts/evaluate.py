@@ -82,7 +82,7 @@ def write_csv(path: Path, models: dict[str, dict[str, dict[str, Any]]], checkpoi
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = script_parser("evaluate", __doc__)
     parser.add_argument("checkpoints", type=Path, nargs="+", metavar="checkpoint",
-                        help="checkpoint files or run directories (their newest checkpoint)")
+                        help="checkpoint files, run directories (their newest checkpoint) or ONNX models")
     parser.add_argument("--targets", nargs="+", default=[], help="names of <data-root>/<name>.bin, or .bin paths")
     parser.add_argument("--data-root", type=Path, default=Path("."), help="folder of the named .bin files")
     parser.add_argument("--pairs", type=Path, nargs="+", default=[], help="pair lists (LFW pairs.txt or 'path1 path2 same')")

@@ -68,7 +68,7 @@ def readable_batches(dataset: ImageFiles, batch_size: int, workers: int, kept: l
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = script_parser("extract_features", __doc__)
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory (its newest checkpoint)")
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint file, a run directory (its newest checkpoint) or an ONNX model")
     parser.add_argument("--images", type=Path, required=True, help="a folder of images or a list file of image paths")
     parser.add_argument("--output", type=Path, required=True, help="the .npy file of features (paths go to .txt beside it)")
     add_embedding_options(parser)

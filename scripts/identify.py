@@ -50,7 +50,7 @@ TINYFACE_RANKS = (1, 5, 20)
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = script_parser("identify", __doc__)
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory (its newest checkpoint)")
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint file, a run directory (its newest checkpoint) or an ONNX model")
     parser.add_argument("--gallery", type=Path, help="folder of gallery identities (<identity>/<image>)")
     parser.add_argument("--probe", type=Path, help="folder of probe identities (<identity>/<image>)")
     parser.add_argument("--distractors", type=Path, help="folder of gallery images of nobody in the probes")

@@ -16,7 +16,8 @@ LAYERS: list[set[str]] = [
     {"facetrain.config"},  # schemas, every key's rule, Hydra plugins as facetrain configures them
     {"facetrain.parallel"},  # process groups, collectives, shards, synchronised batch norm
     {"facetrain.backbones", "facetrain.heads", "facetrain.data", "facetrain.runs"},
-    {"facetrain.align", "facetrain.weights"},  # raw photos to crops (reads images); the field's weight files
+    {"facetrain.align", "facetrain.weights",  # raw photos to crops (reads images); the field's weight files
+     "facetrain.inference_onnx"},  # ONNX recognition models run by onnxruntime as backbones
     {"facetrain.inference"},  # a trained backbone from a checkpoint or weight file
     {"facetrain.eval", "facetrain.engine", "facetrain.sweeps"},  # evaluation; the training loop; many runs
     {"facetrain.train", "facetrain.cli", "facetrain.export"},  # entry points
