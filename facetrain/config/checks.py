@@ -177,7 +177,8 @@ CHECKS: dict[type, dict[str, Optional[Check]]] = {
                          "power": at_least(0.0, 1.0), "lambda_min": at_least(0.0, 5.0)},
     # ---- data
     groups.DatasetConfig: {"name": TYPED, "root": TYPED, "num_classes": optional(at_least(2, 1000, integer=True)),
-                      "val_targets": TYPED, "max_bad_fraction": PROBABILITY, "augment": TYPED},
+                      "val_targets": TYPED, "max_bad_fraction": PROBABILITY, "augment": TYPED,
+                      "include": TYPED, "exclude": TYPED},
     groups.ImageFolderConfig: {"resize_unaligned": TYPED},
     groups.SyntheticConfig: {"images_per_class": at_least(2, 30, integer=True), "val_identities": at_least(2, 60, integer=True),
                         "val_images_per_identity": at_least(2, 5, integer=True),

@@ -200,6 +200,10 @@ class DatasetConfig:
     num_classes: Optional[int] = MISSING
     val_targets: list[str] = MISSING
     max_bad_fraction: float = 0.001  # unreadable samples are skipped with a warning; more than this stops the run
+    # text files of sample indices (one a line; scripts/clean_dataset.py writes them): train on the samples
+    # include names (null: all) less those exclude names; classes left without images are renumbered away
+    include: Optional[str] = None
+    exclude: Optional[str] = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from facetrain.data.augment import SampleTransform, build_augment
 from facetrain.data.datasets import DEFAULT_MAX_BAD_FRACTION, FaceDataset, RecordDataset
 from facetrain.data.imagefolder import ImageFolderDataset
+from facetrain.data.selection import select
 from facetrain.data.synthetic import SyntheticSpec, check_root, ensure_synthetic, synthetic_root
 from facetrain.parallel.groups import barrier, dist_info
 from facetrain.errors import ConfigError, DataError
@@ -84,11 +85,18 @@ def _require_two(identities: int, where: str) -> None:
 
 
 def build_train_data(name: str, **hparams: Any) -> TrainData:
-    """The training data of ``dataset=<name>`` with its ``augment`` transform; ``val_targets`` is not
+    """The training data of ``dataset=<name>`` with its ``augment`` transform, restricted to the
+    ``include``/``exclude`` index lists when given (:mod:`facetrain.data.selection`); ``val_targets`` is not
     the builder's business."""
     hparams.pop("val_targets", None)
+    include, exclude = hparams.pop("include", None), hparams.pop("exclude", None)
     transform = build_augment(**hparams.pop("augment", {}))
-    return DATASETS.get(name)(transform=transform, max_bad_fraction=hparams.pop("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION), **hparams)
+    data = DATASETS.get(name)(transform=transform, max_bad_fraction=hparams.pop("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION), **hparams)
+    if not (include or exclude):
+        return data
+    dataset = select(data.dataset, include, exclude)
+    _require_two(dataset.num_classes, "dataset.include/exclude")
+    return TrainData(dataset, dataset.num_classes, data.root)
 
 
 def resolve_targets(targets: list[str], root: Path) -> dict[str, Path]:
