@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from facetrain.backbones import build_backbone
 from facetrain.data import TrainData, build_train_data, resolve_targets
 from facetrain.cores import capped_workers, usable_cores
+from facetrain.distill.term import build_distillation
 from facetrain.cpu_memory import reuse_freed_memory
 from facetrain.parallel.groups import DistInfo, dist_info, set_timeout
 from facetrain.engine.finetune import freeze_batch_norm, init_head_from_class_means, load_backbone_weights, matches
@@ -76,14 +77,28 @@ def shards_head(parallel: str, sample_rate: float, world_size: int) -> bool:
 
 
 def build_model(backbone: torch.nn.Module, head: Head, build: Callable[[int], Head], sharded: bool, sample_rate: float,
-                sync_bn: bool, dist: DistInfo, device: torch.device) -> FaceModel:
-    """Backbone and head laid out for ``dist``'s processes: the head split over ranks when ``sharded``
-    (``build(n)`` makes the head for ``n`` classes), batch norm synchronised when ``sync_bn``."""
+                sync_bn: bool, dist: DistInfo, device: torch.device,
+                terms: Optional[dict[str, torch.nn.Module]] = None) -> FaceModel:
+    """Backbone, head and extra loss ``terms`` laid out for ``dist``'s processes: the head split over ranks when
+    ``sharded`` (``build(n)`` makes the head for ``n`` classes), batch norm synchronised when ``sync_bn``."""
     if sharded:
         head = shard_head(head, build, sample_rate)
     if sync_bn and dist.enabled:
         backbone = sync_batchnorm(backbone, device)
-    return FaceModel(backbone, head).to(device)
+    return FaceModel(backbone, head, terms).to(device)
+
+
+def distillation_terms(cfg: DictConfig, data: TrainData, device: torch.device, sharded: bool) -> dict[str, torch.nn.Module]:
+    """``distill=<name>``'s term with its teacher loaded on ``device`` (every rank loads its own), none for
+    ``distill=none``."""
+    if cfg.distill.name == "none":
+        return {}
+    keys = hparams(cfg.distill)
+    teacher, weight = keys.pop("teacher"), keys.pop("weight")
+    term = build_distillation(cfg.distill.name, teacher, weight, cfg.embedding_size, device, len(data.dataset),
+                              data.num_classes, cfg.trainer.channels_last, sharded, **keys)
+    log.info(f"distillation: {term.extra_repr()} ({term.teacher.embedding_size}-d, sha256 {term.teacher.sha256[:12]})")
+    return {"distill": term}
 
 
 def check_training_config(cfg: DictConfig) -> None:
@@ -125,7 +140,7 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
             load_backbone_weights(cfg.init.backbone, backbone, cfg.backbone.name, hparams(cfg.backbone),
                                   cfg.embedding_size, cfg.init.input_order.value, cfg.init.strict)
         model = build_model(backbone, build(data.num_classes), build, sharded, cfg.head.sample_rate,
-                            cfg.trainer.sync_bn, dist, device)
+                            cfg.trainer.sync_bn, dist, device, distillation_terms(cfg, data, device, sharded))
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if fresh and cfg.init.head.value == "class_mean":

@@ -2,6 +2,7 @@
 
     python scripts/extract_features.py CHECKPOINT_OR_RUN_DIR --images DIR_OR_LIST --output feats.npy
         [--batch-size 256] [--workers 8] [--device auto] [--flip sum] [--align [DETECTION OPTIONS]]
+    python scripts/extract_features.py TEACHER --dataset DATASET_ROOT --output teacher.npy --flip none
 
 ``--images`` is a folder (every image below it, sorted by path) or a list file of image paths, one
 per line (relative to the list's folder, or absolute; a training list's trailing label is ignored).
@@ -9,6 +10,11 @@ Images should be aligned 112x112 faces; other sizes are resized. With ``--align`
 one's face is found and cropped as scripts/align.py crops it. ``feats.npy`` holds float32 ``[N, d]`` raw
 embeddings (``[N, 2d]`` with ``--flip concat``), and ``feats.txt`` beside it the image of each row.
 Unreadable images (and, with ``--align``, photos without a face) are skipped with a warning and left out of both.
+
+``--dataset`` embeds a training set (a RecordIO folder, identity folders or a ``path label`` list file, as
+``dataset.root`` names it) without augmentation: row ``i`` is sample ``i`` of the dataset, every row present, no
+``.txt``. It is what ``distill.teacher=teacher.npy`` reads (docs/distillation.md); ``--flip none`` embeds the image as
+stored, ``sum`` adds its mirror image's embedding.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import torch
 from facetrain import load_backbone
 from facetrain.align.options import add_align_options, photo_aligner
 from facetrain.align.photos import photo_inputs
+from facetrain.benchmarks.data import open_dataset
 from facetrain.cli import run_script, script_parser
 from facetrain.data.imagefolder import IMAGE_SUFFIXES
 from facetrain.errors import DataError
@@ -69,7 +76,9 @@ def readable_batches(dataset: ImageFiles, batch_size: int, workers: int, kept: l
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = script_parser("extract_features", __doc__)
     parser.add_argument("checkpoint", type=Path, help="a checkpoint file, a run directory (its newest checkpoint) or an ONNX model")
-    parser.add_argument("--images", type=Path, required=True, help="a folder of images or a list file of image paths")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="a folder of images or a list file of image paths")
+    source.add_argument("--dataset", type=Path, help="a training set's root: one row per sample index (a teacher's features)")
     parser.add_argument("--output", type=Path, required=True, help="the .npy file of features (paths go to .txt beside it)")
     add_embedding_options(parser)
     add_align_options(parser)
@@ -82,6 +91,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     def work() -> None:
         device = embedding_device(args.device)
         backbone = load_backbone(find_checkpoint(args.checkpoint), device)  # the model first
+        if args.dataset is not None:
+            return write_dataset_features(backbone, args, device)
         base, names = list_images(args.images)
         dataset, kept = ImageFiles(base, names, **photo_inputs(photo_aligner(args))), []
         batches = readable_batches(dataset, args.batch_size, args.workers, kept)
@@ -97,6 +108,26 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"images to {paths}" + (f" ({skipped} unreadable images skipped)" if skipped else ""), file=sys.stderr)
 
     return run_script("extract_features", work)
+
+
+def dataset_batches(dataset: torch.utils.data.Dataset, batch_size: int, workers: int) -> Iterator[torch.Tensor]:
+    """The dataset's images in index order as uint8 ``[B,H,W,3]`` batches."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    for images, _ in loader:
+        yield images.permute(0, 2, 3, 1)
+
+
+def write_dataset_features(backbone: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> None:
+    """``--dataset``: the features of every sample of the training set, row ``i`` for index ``i``."""
+    if not args.dataset.exists():
+        raise DataError(f"--dataset {args.dataset} does not exist", "pass a RecordIO folder, identity folders or a list file")
+    dataset = open_dataset(args.dataset, {})
+    batches = dataset_batches(dataset, args.batch_size, args.workers)
+    features = embed_batches(backbone, batches, device, args.flip, total=len(dataset), progress=args.progress)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.output, features)
+    print(f"extract_features: wrote {features.shape[0]} x {features.shape[1]} features of {args.dataset} (row i: sample i) "
+          f"to {args.output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from facetrain.train import check_training_config
 from tests.conftest import SMOKE
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ("backbone", "loss", "dataset", "optimizer", "scheduler")
+GROUPS = ("backbone", "loss", "dataset", "optimizer", "scheduler", "distill")
 register_schemas()
 register_resolvers()
 

@@ -9,6 +9,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from facetrain.backbones import build_backbone
+from facetrain.config.checks import check_config
+from facetrain.distill.losses import build_distill_loss
+from facetrain.errors import ConfigError
 from facetrain.config import register_schemas
 from facetrain.data import build_train_data
 from facetrain.data.images import encode_jpeg
@@ -44,6 +47,29 @@ def test_backbone_configs_build(name):
     model = build_backbone(name, 128, **hparams(cfg.backbone)).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 112, 112)).shape == (2, 128)
+
+
+@pytest.mark.parametrize("name", options("distill"))
+def test_distill_configs_build(name):
+    """Every distillation loss builds from its file's keys (the model adds ``distill.weight`` x it); none adds nothing."""
+    cfg = composed(f"distill={name}", "distill.teacher=teacher.pt")
+    keys = hparams(cfg.distill)
+    teacher, weight = keys.pop("teacher"), keys.pop("weight")
+    if name == "none":
+        assert (cfg.distill.name, weight) == ("none", 0.0)
+        return
+    assert cfg.distill.name == name and teacher == "teacher.pt" and weight > 0
+    loss = build_distill_loss(name, 16, 32, **keys)
+    student, logits = torch.randn(8, 16, requires_grad=True), torch.randn(8, 10, requires_grad=True)
+    value = loss(student, torch.randn(8, 32), torch.arange(8) % 4, logits, torch.randn(8, 10))
+    value.backward()
+    grad = logits.grad if loss.needs_teacher_logits else student.grad
+    assert value.dim() == 0 and torch.isfinite(value) and grad.abs().sum() > 0
+
+
+def test_distillation_without_a_teacher_is_one_line():
+    with pytest.raises(ConfigError, match="distill=feature needs a teacher, but distill.teacher is not set"):
+        check_config(composed("distill=feature"))
 
 
 @pytest.mark.parametrize("name", options("loss"))

@@ -125,23 +125,23 @@ def test_rkd_is_zero_for_a_teacher_of_another_size_with_the_same_geometry():
 
 
 def test_a_projection_maps_the_student_to_the_teachers_size_only_where_the_loss_compares_coordinates():
-    for name in ("feature", "mse"):
-        loss = build_distill_loss(name, 128, 512)
+    for name, keys in (("feature", {}), ("mse", {"alpha": 1.0})):
+        loss = build_distill_loss(name, 128, 512, **keys)
         assert loss.projection.weight.shape == (512, 128)
         assert "projection.weight" in loss.state_dict()
         student = torch.randn(4, 128, requires_grad=True)
         loss(student, torch.randn(4, 512), torch.zeros(4, dtype=torch.long), torch.zeros(4, 2)).backward()
         assert loss.projection.weight.grad is not None and student.grad is not None
-        assert build_distill_loss(name, 512, 512).projection is None
+        assert build_distill_loss(name, 512, 512, **keys).projection is None
     assert build_distill_loss("kl", 128, 512).projection is None
 
 
 def test_losses_run_in_fp32_under_bf16_autocast():
     s = torch.randn(6, 32)
     t = torch.randn(6, 32).bfloat16()
-    for name in ("feature", "mse", "rkd"):
+    for name, keys in (("feature", {}), ("mse", {"alpha": 1.0}), ("rkd", {})):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            value = build_distill_loss(name, 32, 32)(s.bfloat16(), t, torch.zeros(6, dtype=torch.long), torch.zeros(6, 2))
+            value = build_distill_loss(name, 32, 32, **keys)(s.bfloat16(), t, torch.zeros(6, dtype=torch.long), torch.zeros(6, 2))
         assert value.dtype == torch.float32
 
 

@@ -19,7 +19,8 @@ LAYERS: list[set[str]] = [
     {"facetrain.align", "facetrain.weights",  # raw photos to crops (reads images); the field's weight files
      "facetrain.inference_onnx"},  # ONNX recognition models run by onnxruntime as backbones
     {"facetrain.inference"},  # a trained backbone from a checkpoint or weight file
-    {"facetrain.eval", "facetrain.engine", "facetrain.sweeps"},  # evaluation; the training loop; many runs
+    {"facetrain.eval", "facetrain.engine", "facetrain.sweeps",  # evaluation; the training loop; many runs
+     "facetrain.distill"},  # teachers and distillation losses (handed to the loop as a loss term)
     {"facetrain.train", "facetrain.cli", "facetrain.export"},  # entry points
     {"facetrain.benchmarks"},  # the measurements behind BENCHMARKS.md (they build trainers)
 ]

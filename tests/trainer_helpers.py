@@ -45,16 +45,17 @@ def make_trainer(run_dir: Path, world_size: int = 1, rank: int = 0, total_steps:
                  optimizer: str = "sgd", fused: bool = False, sample_rate: float = 1.0, classes: int = CLASSES,
                  amp_dtype: Optional[torch.dtype] = None, growth_interval: int = 100, epochs: Optional[int] = None,
                  global_batch: int = GLOBAL_BATCH, loss: str = "arcface", images: int = IMAGES,
-                 max_steps: Optional[int] = None, **head_args) -> Trainer:
+                 max_steps: Optional[int] = None, terms: Optional[dict[str, nn.Module]] = None, **head_args) -> Trainer:
     """The CLI's layout (``build_model``, ``build_optimizer``) on a tiny model and ``images`` images;
     ``global_batch`` images per optimizer step. The schedule is ``1 / (1 + step)`` over ``total_steps``, or
     with ``max_steps`` or ``epochs`` the poly schedule (power 2, one epoch of warm-up) over that many steps
-    or epochs, as ``build_trainer`` makes it."""
+    or epochs, as ``build_trainer`` makes it. ``terms``: extra loss terms of the model (a distillation)."""
     torch.manual_seed(0)
     head_args = head_args or {"s": 16.0, "m": 0.3}
     build = lambda n: build_head(loss, 8, n, **head_args)  # noqa: E731
     dist = DistInfo(rank, rank, world_size)
-    model = build_model(backbone(batch_norm), build(classes), build, sharded, sample_rate, sync_bn, dist, torch.device("cpu"))
+    model = build_model(backbone(batch_norm), build(classes), build, sharded, sample_rate, sync_bn, dist, torch.device("cpu"),
+                        terms)
     opt = build_optimizer(model.parameters(), optimizer, fused=fused, **OPTIMIZERS[optimizer])
     if epochs is None and max_steps is None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))

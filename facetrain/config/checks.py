@@ -111,7 +111,7 @@ CHECKS: dict[type, dict[str, Optional[Check]]] = {
         "seed": at_least(0, 0, integer=True), "embedding_size": at_least(1, 512, integer=True),
         "resume": TYPED, "output_root": TYPED, "backbone": TYPED, "loss": TYPED, "head": TYPED, "init": TYPED,
         "finetune": TYPED, "dataset": TYPED, "optimizer": TYPED, "scheduler": TYPED, "trainer": TYPED,
-        "checkpoint": TYPED, "eval": TYPED, "logger": TYPED, "sweep": TYPED,
+        "checkpoint": TYPED, "eval": TYPED, "logger": TYPED, "sweep": TYPED, "distill": TYPED,
     },
     schema.TrainerConfig: {
         "max_steps": optional(at_least(1, 1000, integer=True)), "max_epochs": at_least(1, 20, integer=True),
@@ -198,6 +198,11 @@ CHECKS: dict[type, dict[str, Optional[Check]]] = {
     groups.PolyConfig: {"power": at_least(0.0, 2.0)},
     groups.MultiStepConfig: {"milestones": each(at_least(0.0, 10), [10, 16]), "gamma": between(0.0, 1.0, 0.1, open_low=True)},
     groups.CosineConfig: {"min_lr_ratio": between(0.0, 1.0, 0.0)},
+    # ---- distillation (facetrain.distill builds the loss: its name is checked there)
+    groups.DistillConfig: {"name": TYPED, "teacher": TYPED, "weight": at_least(0.0, 1.0)},
+    groups.MSEDistillConfig: {"alpha": above(0.0, 1.0)},
+    groups.KLDistillConfig: {"temperature": above(0.0, 4.0)},
+    groups.RKDDistillConfig: {"distance_weight": at_least(0.0, 25.0), "angle_weight": at_least(0.0, 50.0)},
 }
 
 
@@ -242,6 +247,9 @@ def check_config(cfg: DictConfig) -> None:
     """Every key's range (:data:`CHECKS`), then the rules that span keys; a one-line ConfigError at the first
     problem, before any data is generated or a file written."""
     _walk(cfg, "")
+    if cfg.distill.name != "none" and not cfg.distill.teacher:
+        raise ConfigError(f"distill={cfg.distill.name} needs a teacher, but distill.teacher is not set",
+                          "pass distill.teacher=<a checkpoint, run directory, weight file, ONNX model or .npy of features>")
     if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum == 0:
         raise ConfigError("optimizer.nesterov=true needs momentum, but optimizer.momentum=0",
                           "pass optimizer.momentum=0.9, or optimizer.nesterov=false")

@@ -271,6 +271,30 @@ class CosineConfig(SchedulerConfig):
     min_lr_ratio: float = MISSING
 
 
+# ---- distillation (facetrain.distill) ------------------------------------------------------------
+@dataclass
+class DistillConfig:
+    name: str = MISSING  # none, or a facetrain.distill loss: the term distill.weight * loss(student, teacher)
+    teacher: Optional[str] = None  # a checkpoint or run directory, a weight file, an ONNX model, or a .npy of features
+    weight: float = MISSING
+
+
+@dataclass
+class MSEDistillConfig(DistillConfig):
+    alpha: float = MISSING  # the mean squared difference of the normalised embeddings is multiplied by it
+
+
+@dataclass
+class KLDistillConfig(DistillConfig):
+    temperature: float = MISSING  # softmax(logits / T) of both heads; the loss is multiplied by T^2
+
+
+@dataclass
+class RKDDistillConfig(DistillConfig):
+    distance_weight: float = MISSING
+    angle_weight: float = MISSING
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "backbone": {"iresnet": IResNetConfig, "mobilefacenet": MobileFaceNetConfig, "torchvision": TorchvisionConfig,
                  "ir": IRConfig, "vit": ViTConfig, "timm": TimmConfig},
@@ -284,5 +308,6 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"synthetic": SyntheticConfig, "rec": DatasetConfig, "imagefolder": ImageFolderConfig},
     "optimizer": {"sgd": SGDConfig, "adamw": AdamWConfig},
     "scheduler": {"poly": PolyConfig, "multistep": MultiStepConfig, "cosine": CosineConfig},
+    "distill": {"base": DistillConfig, "mse": MSEDistillConfig, "kl": KLDistillConfig, "rkd": RKDDistillConfig},
 }
 

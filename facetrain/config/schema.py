@@ -139,6 +139,8 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    # configs/distill/: none by default (and in the configs of runs saved before distillation existed)
+    distill: Any = field(default_factory=lambda: {"name": "none", "teacher": None, "weight": 0.0})
 
 
 

@@ -21,7 +21,7 @@ class FeatureMSELoss(DistillLoss):
     """``alpha * mean_{i,d} (s_id - t_id)^2`` of the L2-normalised embeddings (FitNet's mean squared error on
     the embedding; ``alpha = D`` makes it ``mean_i ||s_i - t_i||^2 = 2 mean_i (1 - cos)``)."""
 
-    def __init__(self, student_size: int, teacher_size: int, alpha: float = 1.0) -> None:
+    def __init__(self, student_size: int, teacher_size: int, alpha: float) -> None:
         super().__init__(student_size, teacher_size)
         if alpha <= 0:
             raise ConfigError(f"distill.alpha={alpha} must be > 0", "set distill.alpha to a positive scale, e.g. 1.0")

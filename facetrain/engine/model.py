@@ -1,22 +1,33 @@
-"""The trained module: backbone and head in one ``nn.Module`` so one DDP wrapper covers both."""
+"""The trained module: backbone, head and any extra loss terms in one ``nn.Module`` so one DDP wrapper covers
+them all."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import nn
 
 from facetrain.heads import Head, HeadOutput
-from facetrain.parallel.collectives import RowShard
+from facetrain.parallel.collectives import RowShard, sum_of_replicated, world_size
 
 
 class FaceModel(nn.Module):
-    """``images -> backbone -> raw embeddings -> head(embeddings, labels)``."""
+    """``images -> backbone -> raw embeddings -> head(embeddings, labels)``, plus extra loss ``terms``.
 
-    def __init__(self, backbone: nn.Module, head: Head) -> None:
+    A term (e.g. :class:`facetrain.distill.term.Distillation`) is a module called as ``term(images, embeddings,
+    logits, labels, indices) -> 0-dim loss`` with a float attribute ``weight``: the model adds ``weight`` times its
+    value to the head's loss and reports the value as the diagnostic ``<name>_loss`` (TensorBoard
+    ``train/<name>_loss``). Its parameters train with the model, its ``state_dict`` is the checkpoint's ``terms``.
+    A term is written as for a data-parallel run (each rank's value is its batch's loss and DDP averages the
+    gradients); beside a head whose loss covers the global batch (gradients summed over ranks) the model counts
+    it as the mean over ranks, which is the same gradient.
+    """
+
+    def __init__(self, backbone: nn.Module, head: Head, terms: Optional[Mapping[str, nn.Module]] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.terms = nn.ModuleDict(terms or {})
         self.compiled_backbone: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def compile_backbone(self, mode: str = "default") -> None:
@@ -28,9 +39,17 @@ class FaceModel(nn.Module):
         """
         self.compiled_backbone = torch.compile(self.backbone.forward, mode=mode)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, indices: Optional[torch.Tensor] = None) -> HeadOutput:
+        """The head's output for a batch; ``indices`` (the samples' dataset indices) are for the terms."""
         embeddings = self.backbone(images) if self.compiled_backbone is None else self.compiled_backbone(images)
-        return self.head(embeddings, labels)
+        output = self.head(embeddings, labels)
+        for name, term in self.terms.items():
+            value = term(images, embeddings, output.logits, labels, indices)
+            if self.head.loss_covers_global_batch:
+                value = sum_of_replicated(value / world_size())
+            output.loss = output.loss + term.weight * value
+            output.diagnostics[f"{name}_loss"] = value.detach()
+        return output
 
     def no_weight_decay(self) -> set[str]:
         """Names (in this model) of the parameters the backbone exempts from weight decay (its

@@ -48,7 +48,8 @@ class NonFiniteGuard:
         rank (one host sync; ranks differ when they hold different rows of a sharded head), saying what was
         not done (``consequence``); called before every checkpoint, so that none ever holds them, and
         before every evaluation."""
-        tensors = {name: t for name, t in model.state_dict().items() if t.is_floating_point()}
+        tensors = {name: t for name, t in model.state_dict().items()  # a module's extra state may be no tensor
+                   if isinstance(t, torch.Tensor) and t.is_floating_point()}
         finite = torch.stack([t.isfinite().all() for t in tensors.values()]).tolist() if tensors else []
         bad = [name for name, ok in zip(tensors, finite) if not ok]
         if all_reduce_max(len(bad)) == 0:

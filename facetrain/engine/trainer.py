@@ -207,7 +207,7 @@ class Trainer:
         no_sync = self.ddp.no_sync() if self.dist.enabled and not stepping else contextlib.nullcontext()
         with no_sync:
             with autocast:
-                output = self.ddp(images, labels)
+                output = self.ddp(images, labels, indices)
             loss = output.loss / self.s.grad_accum
             self.scaler.scale(loss).backward()
         self.micro_loss += loss.detach()
@@ -304,6 +304,7 @@ class Trainer:
         return {
             "backbone": self.model.backbone.state_dict(),
             "head": head,
+            "terms": self.model.terms.state_dict(),  # extra loss terms (a distillation's projection, never its teacher)
             "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -357,6 +358,7 @@ class Trainer:
         try:
             self.model.backbone.load_state_dict(state["backbone"])
             self.model.head.load_full_state_dict(state["head"])
+            self.model.terms.load_state_dict(state.get("terms", {}))
             self.optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], self.optimizer, self.local_params))
         except (RuntimeError, ValueError) as exc:
             raise ResumeError(f"the checkpoint does not fit the model: {str(exc).strip().splitlines()[0]}",
