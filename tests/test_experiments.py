@@ -15,7 +15,9 @@ from facetrain.engine.optim import build_optimizer, scaled_lr
 from facetrain.runs.run_dir import register_resolvers
 from facetrain.config.checks import check_config
 from facetrain.errors import ConfigError
+from facetrain.export import export_onnx
 from facetrain.train import run
+from tests.eval_helpers import write_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_schemas()
@@ -40,6 +42,8 @@ PRESETS = {
     "wf42m_vit_t": ("vit_t", "cosface", "webface42m", "adamw", 1e-3, 4096, 40),
     "wf42m_vit_b": ("vit_b", "cosface", "webface42m", "adamw", 1e-3, 24576, 40),
 }
+# distillation preset -> (the recipe it adds a teacher to, the distillation loss)
+DISTILL_PRESETS = {"ms1mv3_mbf_feature_onnx": ("ms1mv3_mbf_arcface", "feature")}
 # Two CPU steps of every preset: the smoke dataset and a narrow MobileFaceNet instead of the real data and
 # backbone (the presets' backbones are built in tests/test_configs.py); everything else is the preset's.
 TINY = ["dataset=synthetic", "dataset.num_classes=20", "dataset.images_per_class=8", "dataset.val_identities=10",
@@ -55,7 +59,8 @@ def composed(*overrides: str, hydra: bool = False):
 
 
 def test_the_presets_are_all_listed():
-    assert sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")) == sorted([*PRESETS, "smoke", "finetune"])
+    assert sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")) == sorted([*PRESETS, *DISTILL_PRESETS, "smoke",
+                                                                                     "finetune"])
 
 
 def test_every_preset_names_its_runs_after_itself():
@@ -115,6 +120,27 @@ def test_every_preset_trains_two_steps_in_one_process(tmp_path, cache_dir, monke
         scaled = float(re.search(r"lr (\S+) for this run's global batch of 4 ", log).group(1))
         assert scaled == pytest.approx(lr * 4 / reference_batch, rel=1e-3), preset
         assert (run_dir / "checkpoints" / "step_000000002.pt").is_file()
+
+
+def test_distillation_presets_are_their_recipe_plus_a_teacher_and_train_two_steps(tmp_path, cache_dir, monkeypatch,
+                                                                                  one_thread):
+    monkeypatch.setenv("FACETRAIN_CACHE", str(cache_dir))
+    teacher = write_checkpoint(tmp_path / "teacher.pt", embedding_size=48)  # a 48-d teacher: the student projects
+    export_onnx(teacher, tmp_path / "teacher.onnx")
+    for preset, (recipe, loss) in DISTILL_PRESETS.items():
+        cfg, base = composed(f"experiment={preset}"), composed(f"experiment={recipe}")
+        assert (cfg.name, cfg.distill.name, cfg.distill.weight) == (preset, loss, 1.0)
+        assert all(cfg[key] == base[key] for key in ("backbone", "loss", "dataset", "optimizer", "embedding_size"))
+        with pytest.raises(ConfigError, match=f"distill={loss} needs a teacher"):
+            check_config(cfg)
+        cfg = composed(f"experiment={preset}", *TINY, f"distill.teacher={tmp_path / 'teacher.onnx'}", hydra=True)
+        cfg.hydra.runtime.output_dir = str(tmp_path / preset)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        assert run(cfg)["step"] == 2
+        state = torch.load(tmp_path / preset / "checkpoints" / "step_000000002.pt", weights_only=False)
+        assert state["terms"]["distill.loss.projection.weight"].shape == (48, 32)
 
 
 def test_linear_scaling_rule():
