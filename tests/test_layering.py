@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"facetrain.inference"},  # a trained backbone from a checkpoint or weight file
     {"facetrain.eval", "facetrain.engine", "facetrain.sweeps",  # evaluation; the training loop; many runs
      "facetrain.distill"},  # teachers and distillation losses (handed to the loop as a loss term)
+    {"facetrain.curation"},  # cleaning a training set (embeds it with eval's code, so above eval)
     {"facetrain.train", "facetrain.cli", "facetrain.export"},  # entry points
     {"facetrain.benchmarks"},  # the measurements behind BENCHMARKS.md (they build trainers)
 ]
