@@ -182,6 +182,7 @@ def build_trainer(cfg: DictConfig, data: TrainData, run_dir: Path, dist: DistInf
         max_nonfinite=cfg.trainer.max_nonfinite, eval_every=cfg.eval.every_steps, eval_at_start=cfg.eval.at_start,
         progress_bar=cfg.trainer.progress_bar, config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         ddp_bucket_cap_mb=cfg.trainer.ddp_bucket_cap_mb, grad_accum=cfg.trainer.grad_accum,
+        sampler=cfg.trainer.sampler.value, images_per_identity=cfg.trainer.images_per_identity,
         loss_scale_growth_interval=cfg.trainer.loss_scale_growth_interval,
         frozen=frozen_prefixes(cfg, model), frozen_steps=cfg.finetune.frozen_steps,
     )

@@ -32,7 +32,10 @@ class Faces(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int):
-        return self.images[index], index % self.classes
+        return self.images[index], self.label_of(index)
+
+    def label_of(self, index: int) -> int:
+        return index % self.classes
 
 
 def backbone(batch_norm: bool) -> nn.Module:

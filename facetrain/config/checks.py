@@ -123,7 +123,8 @@ CHECKS: dict[type, dict[str, Optional[Check]]] = {
                               bad="fastest"),
         "ddp_bucket_cap_mb": above(0.0, 25), "progress_bar": TYPED, "max_nonfinite": at_least(0, 5, integer=True),
         "grad_accum": at_least(1, 4, integer=True), "sync_bn": TYPED, "dist_timeout_s": above(0.0, 1800),
-        "loss_scale_growth_interval": at_least(1, 100, integer=True),
+        "loss_scale_growth_interval": at_least(1, 100, integer=True), "sampler": TYPED,
+        "images_per_identity": at_least(1, 4, integer=True),
     },
     schema.HeadConfig: {"parallel": TYPED, "sample_rate": between(0.0, 1.0, 0.1, open_low=True)},
     schema.InitConfig: {"backbone": TYPED, "strict": TYPED, "input_order": TYPED, "head": TYPED},
@@ -243,6 +244,17 @@ def _show(value: Any) -> str:
 
 
 
+def _check_balanced_batch(trainer: DictConfig) -> None:
+    """trainer.sampler=balanced needs a batch of whole identities; mixed, half a batch of them."""
+    kind, size, k = trainer.sampler.value, trainer.batch_size, trainer.images_per_identity
+    balanced = {"random": None, "balanced": size, "mixed": size - size // 2}[kind]
+    if balanced is not None and balanced % k:
+        part = "trainer.batch_size" if kind == "balanced" else "half of trainer.batch_size (rounded up)"
+        raise ConfigError(f"trainer.sampler={kind} draws identities of trainer.images_per_identity={k} images, but "
+                          f"{part} is {balanced}, not a multiple of {k}",
+                          f"pass a trainer.batch_size that is a multiple of {k if kind == 'balanced' else 2 * k}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Every key's range (:data:`CHECKS`), then the rules that span keys; a one-line ConfigError at the first
     problem, before any data is generated or a file written."""
@@ -250,6 +262,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.distill.name != "none" and not cfg.distill.teacher:
         raise ConfigError(f"distill={cfg.distill.name} needs a teacher, but distill.teacher is not set",
                           "pass distill.teacher=<a checkpoint, run directory, weight file, ONNX model or .npy of features>")
+    _check_balanced_batch(cfg.trainer)
     if cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.momentum == 0:
         raise ConfigError("optimizer.nesterov=true needs momentum, but optimizer.momentum=0",
                           "pass optimizer.momentum=0.9, or optimizer.nesterov=false")

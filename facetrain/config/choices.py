@@ -54,6 +54,12 @@ class ChannelOrder(Enum):
     bgr = "bgr"
 
 
+class SamplerKind(Enum):
+    random = "random"  # every image once per epoch, shuffled (the default)
+    balanced = "balanced"  # P identities x trainer.images_per_identity images per batch
+    mixed = "mixed"  # half random, half P x K (TFace's EKD batches)
+
+
 class ElasticAssignment(Enum):
     paper = "paper"  # ElasticFace+: the sample closest to its centre gets the smallest margin
     official = "official"  # the official code's margin[argsort(cos)] indexing

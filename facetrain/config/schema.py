@@ -13,7 +13,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from facetrain.config.choices import ChannelOrder, DeviceKind, FlipMode, HeadInit, HeadParallel, Precision
+from facetrain.config.choices import ChannelOrder, DeviceKind, FlipMode, HeadInit, HeadParallel, Precision, SamplerKind
 from facetrain.config.groups import SCHEMAS
 
 
@@ -41,6 +41,8 @@ class TrainerConfig:
     sync_bn: bool = False  # batch-norm statistics over every rank's batch
     dist_timeout_s: float = 1800.0  # a collective waiting longer for another rank fails the run
     loss_scale_growth_interval: int = 100  # fp16: clean steps before the loss scale doubles (arcface_torch's 100)
+    sampler: SamplerKind = SamplerKind.random  # how batches are drawn: random, balanced (P x K) or mixed (half each)
+    images_per_identity: int = 4  # K of the balanced samplers (TFace's 4)
 
 
 @dataclass

@@ -22,12 +22,17 @@ class ResumableDistributedSampler(Sampler[int]):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+    def epoch_batches(self, generator: torch.Generator) -> torch.Tensor:
+        """The epoch's global batches as sample indices ``[batches_per_epoch, global_batch]``, drawn from
+        ``generator`` (seeded with ``seed + epoch``): here a shuffle of every sample."""
         order = torch.randperm(self.size, generator=generator)
-        for batch in range(self.start_batch, self.batches_per_epoch):
-            start = batch * self.global_batch + self.rank * self.batch_size
-            yield from order[start : start + self.batch_size].tolist()
+        return order[: self.batches_per_epoch * self.global_batch].view(self.batches_per_epoch, self.global_batch)
+
+    def __iter__(self) -> Iterator[int]:
+        batches = self.epoch_batches(torch.Generator().manual_seed(self.seed + self.epoch))
+        mine = batches[self.start_batch :, self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        for batch in mine:  # rank r takes the r-th batch_size columns of every global batch
+            yield from batch.tolist()
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size

@@ -39,6 +39,8 @@ class TrainerSettings:
     progress_bar: bool
     config: dict[str, Any]  # resolved config, saved in every checkpoint
     grad_accum: int = 1  # micro-batches per optimizer step
+    sampler: str = "random"  # random | balanced | mixed (facetrain.data.balanced)
+    images_per_identity: int = 4  # K of the balanced samplers
     ddp_bucket_cap_mb: float = 25.0
     loss_scale_growth_interval: int = 100  # fp16: clean steps before the loss scale doubles
     frozen: tuple[str, ...] = ()  # parameter-name prefixes that do not train (finetune.frozen)

@@ -13,7 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from facetrain.data.prefetch import DevicePrefetcher
-from facetrain.data.sampler import ResumableDistributedSampler, WithIndex
+from facetrain.data.balanced import build_sampler
+from facetrain.data.sampler import WithIndex
 from facetrain.data.transforms import INPUT_CONVENTION, normalize, random_hflip
 from facetrain.engine.finetune import matches
 from facetrain.engine.model import FaceModel
@@ -79,8 +80,8 @@ class Trainer:
             if model.head.loss_covers_global_batch:  # each rank holds a part of the gradient: sum, not average
                 self.ddp.register_comm_hook(None, sum_gradients)
         self.dataset = dataset
-        self.sampler = ResumableDistributedSampler(len(dataset), settings.batch_size, dist.rank, dist.world_size,
-                                                   settings.seed, settings.grad_accum)
+        self.sampler = build_sampler(settings.sampler, dataset, settings.batch_size, dist.rank, dist.world_size,
+                                     settings.seed, settings.grad_accum, settings.images_per_identity)
         if self.sampler.batches_per_epoch == 0:
             raise ValueError(f"the dataset has {len(dataset)} images, fewer than one optimizer step's "
                              f"{settings.batch_size * dist.world_size * settings.grad_accum}")
