@@ -163,3 +163,65 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path):
             torch.testing.assert_close(got["anchors"], single.student_anchors, rtol=0, atol=0)
             torch.testing.assert_close(got["teacher_anchors"], single.teacher_anchors, rtol=0, atol=0)
             torch.testing.assert_close(got["grad"], 2 * whole.grad[rank * 20:(rank + 1) * 20], rtol=1e-5, atol=1e-9)
+
+
+# ---- in the training loop (tests/trainer_helpers: 6x6 images, 12 per step, 6 identities) --------------------------
+def ekd_term(directory: Path, weight: float = 50.0) -> dict[str, torch.nn.Module]:
+    """EKD from a teacher of its own, weighted so that it moves the student as much as the head does."""
+    from facetrain.distill.teachers import NetworkTeacher
+    from facetrain.distill.term import Distillation
+    from tests.test_distill import TEACHER_SIZE, teacher_net
+
+    net = teacher_net(1)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), directory / "teacher.pt")
+    teacher = NetworkTeacher(directory / "teacher.pt", net, TEACHER_SIZE)
+    return {"distill": Distillation("ekd", teacher, build_distill_loss("ekd", 8, TEACHER_SIZE), weight)}
+
+
+def test_ekd_training_resumes_bit_identically_with_its_anchors(tmp_path):
+    from tests.test_distill import tensors
+    from tests.test_resilience import scalars
+    from facetrain.runs.checkpoint import load_newest_valid
+    from tests.trainer_helpers import make_trainer
+
+    straight = make_trainer(tmp_path / "straight", total_steps=6, terms=ekd_term(tmp_path / "teacher"))
+    straight.fit()  # 4 steps per epoch: the split falls mid-epoch
+    make_trainer(tmp_path / "split", total_steps=3, checkpoint_every=3, terms=ekd_term(tmp_path / "teacher")).fit()
+    state = load_newest_valid(tmp_path / "split" / "checkpoints")[1]
+    assert state["terms"]["distill.loss.student_anchors"].abs().sum() > 0
+    second = make_trainer(tmp_path / "split", total_steps=6, terms=ekd_term(tmp_path / "teacher"))
+    second.load_state_dict(state)
+    second.fit()
+    a, b = tensors(straight.model.state_dict()), tensors(second.model.state_dict())
+    assert "terms.distill.loss.teacher_anchors" in a and all(torch.equal(a[k], b[k]) for k in a)
+    assert scalars(tmp_path / "split", "train/distill_loss") == scalars(tmp_path / "straight", "train/distill_loss")
+
+
+def _ekd_train_worker(rank: int, world_size: int, run_dir: Path, options: dict) -> None:
+    from tests.trainer_helpers import make_trainer
+
+    make_trainer(run_dir, world_size, rank, terms=ekd_term(run_dir.parent / "teacher"), **options).fit()
+
+
+def test_ekd_training_on_two_ranks_reproduces_one_process(tmp_path):
+    """EKD over the global batch beside a data-parallel head (DDP averages) and a head split over the ranks (DDP
+    sums): the weights, the anchors and the logged term are those of one process on the whole batch."""
+    from tests.test_resilience import scalars
+    from facetrain.runs.checkpoint import load_newest_valid
+    from tests.trainer_helpers import final_weights, make_trainer
+
+    one = make_trainer(tmp_path / "one", sharded=False, terms=ekd_term(tmp_path / "teacher"))
+    one.fit()
+    expected, anchors = final_weights(tmp_path / "one"), one.model.terms["distill"].loss.student_anchors
+    alone = make_trainer(tmp_path / "alone", sharded=False)  # without the term the weights differ
+    alone.fit()
+    assert any(not torch.allclose(v, expected[k], rtol=1e-4, atol=1e-4) for k, v in final_weights(tmp_path / "alone").items())
+    for name, options in (("sharded", {}), ("data_parallel_head", {"sharded": False})):
+        run_ranks(tmp_path, 2, _ekd_train_worker, tmp_path / name, options)
+        for key, value in final_weights(tmp_path / name).items():
+            torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-4, msg=lambda m: f"{name} {key}: {m}")
+        state = load_newest_valid(tmp_path / name / "checkpoints")[1]
+        torch.testing.assert_close(state["terms"]["distill.loss.student_anchors"], anchors, rtol=1e-5, atol=1e-6)
+        assert [v for _, v in scalars(tmp_path / name, "train/distill_loss")] == pytest.approx(
+            [v for _, v in scalars(tmp_path / "one", "train/distill_loss")], abs=1e-5)

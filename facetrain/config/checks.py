@@ -204,6 +204,10 @@ CHECKS: dict[type, dict[str, Optional[Check]]] = {
     groups.MSEDistillConfig: {"alpha": above(0.0, 1.0)},
     groups.KLDistillConfig: {"temperature": above(0.0, 4.0)},
     groups.RKDDistillConfig: {"distance_weight": at_least(0.0, 25.0), "angle_weight": at_least(0.0, 50.0)},
+    groups.EKDDistillConfig: {"fprs": each(between(0.0, 1.0, 0.1, open_low=True), [0.1, 0.01]),
+                              "momentum": between(0.0, 1.0, 0.01, open_low=True), "temperature": above(0.0, 0.01),
+                              "top_k": at_least(1, 2000, integer=True), "positive_weight": at_least(0.0, 0.02),
+                              "negative_weight": at_least(0.0, 0.01)},
 }
 
 

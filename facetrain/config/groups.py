@@ -295,6 +295,18 @@ class RKDDistillConfig(DistillConfig):
     angle_weight: float = MISSING
 
 
+@dataclass
+class EKDDistillConfig(DistillConfig):
+    """TFace's EKD (facetrain.distill.ekd); the defaults of configs/distill/ekd.yaml are TFace's."""
+
+    fprs: list[float] = MISSING  # false positive rates of the anchors (thresholds among the sorted negatives)
+    momentum: float = MISSING  # the anchors' EMA momentum
+    temperature: float = MISSING  # of the soft rank counts' sigmoids
+    top_k: int = MISSING  # negative pairs compared: the student's most similar ones
+    positive_weight: float = MISSING
+    negative_weight: float = MISSING
+
+
 SCHEMAS: dict[str, dict[str, type]] = {
     "backbone": {"iresnet": IResNetConfig, "mobilefacenet": MobileFaceNetConfig, "torchvision": TorchvisionConfig,
                  "ir": IRConfig, "vit": ViTConfig, "timm": TimmConfig},
@@ -308,6 +320,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"synthetic": SyntheticConfig, "rec": DatasetConfig, "imagefolder": ImageFolderConfig},
     "optimizer": {"sgd": SGDConfig, "adamw": AdamWConfig},
     "scheduler": {"poly": PolyConfig, "multistep": MultiStepConfig, "cosine": CosineConfig},
-    "distill": {"base": DistillConfig, "mse": MSEDistillConfig, "kl": KLDistillConfig, "rkd": RKDDistillConfig},
+    "distill": {"base": DistillConfig, "mse": MSEDistillConfig, "kl": KLDistillConfig, "rkd": RKDDistillConfig,
+                "ekd": EKDDistillConfig},
 }
 
