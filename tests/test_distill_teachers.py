@@ -1,5 +1,6 @@
-"""Teachers from anywhere: a facetrain checkpoint, its ONNX export (facetrain.export) and its precomputed features
-(scripts/extract_features.py --dataset, flip none) give the same distillation loss at step 0 (hflip off); the
+"""Teachers from anywhere: a facetrain checkpoint, its arcface_torch ``backbone.pth`` (scripts/export_weights.py), its
+ONNX export (facetrain.export) and its precomputed features (scripts/extract_features.py --dataset, flip none) give
+the same distillation loss at step 0 (hflip off); the
 logit loss takes the head of a checkpoint; a file that is none of them is one line, exit code 2."""
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ COSFACE = {"name": "cosface", "s": 16.0, "m": 0.2, "interclass_filtering_thresho
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A dataset of 16 images and one teacher as a checkpoint (with a head), an ONNX model and a .npy of features."""
+    """A dataset of 16 images and one teacher as a checkpoint (with a head), an arcface_torch weight file, an ONNX
+    model and a .npy of features."""
     folder = tmp_path_factory.mktemp("distill")
     images = write_image_folder(folder / "data", [4] * CLASSES)
     pixels = np.stack([p for p, _ in images.values()])
@@ -40,11 +42,13 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                 head=head.state_dict(), data={"classes": CLASSES, "images": len(pixels)})
     edited_checkpoint(folder / "untrained.pt", folder / "teacher.pt", set_config("loss", value=COSFACE))
     export_onnx(backbone, folder / "teacher.onnx")
+    assert load_script("export_weights").main([str(folder / "teacher.pt"), "--format", "insightface", "--output",
+                                               str(folder / "backbone.pth")]) == 0
     assert load_script("extract_features").main([str(folder / "teacher.pt"), "--dataset", str(folder / "data"), "--output",
                                                  str(folder / "teacher.npy"), "--flip", "none", "--workers", "0",
                                                  "--device", "cpu", "--no-progress"]) == 0
-    return {"data": folder / "data", "checkpoint": folder / "teacher.pt", "onnx": folder / "teacher.onnx",
-            "features": folder / "teacher.npy"}
+    return {"data": folder / "data", "checkpoint": folder / "teacher.pt", "released": folder / "backbone.pth",
+            "onnx": folder / "teacher.onnx", "features": folder / "teacher.npy"}
 
 
 def step0(tmp_path: Path, data: Path, *overrides: str) -> torch.Tensor:
@@ -65,8 +69,9 @@ def step0(tmp_path: Path, data: Path, *overrides: str) -> torch.Tensor:
 @pytest.mark.parametrize("loss", ["feature", "rkd"])
 def test_each_teacher_source_gives_the_same_loss_at_step_0(sources, tmp_path, loss):
     values = {source: step0(tmp_path / source, sources["data"], f"distill={loss}", f"distill.teacher={sources[source]}")
-              for source in ("checkpoint", "onnx", "features")}
+              for source in ("checkpoint", "released", "onnx", "features")}
     assert values["checkpoint"] > 0
+    assert values["released"].item() == values["checkpoint"].item()
     # onnxruntime's kernels and channels_last round differently from PyTorch's (facetrain.export's parity: 1e-4)
     assert values["onnx"].item() == pytest.approx(values["checkpoint"].item(), rel=1e-4)
     assert values["features"].item() == pytest.approx(values["checkpoint"].item(), rel=1e-4)
