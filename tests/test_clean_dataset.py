@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from facetrain.curation.clean import CleanOptions, find_noise
@@ -16,10 +17,10 @@ from facetrain.curation.identities import dominant_subcentres, mean_outliers, su
 from facetrain.curation.report import write_outputs
 from facetrain.curation.similarity import similar_pairs
 from facetrain.data import RecordDataset
-from facetrain.data.images import encode_jpeg
+from facetrain.errors import ModelError
 from tests.conftest import SMOKE
 from tests.curation_helpers import pooled_model, precision_recall, write_noisy_set
-from tests.eval_helpers import load_script, write_checkpoint
+from tests.eval_helpers import edited_checkpoint, load_script, write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +198,34 @@ def test_a_missing_dataset_is_one_line(photo_people, tmp_path, capsys):
     argv = [str(tmp_path / "nowhere"), "--model", str(photo_people / "model.pt"), "--output", str(tmp_path / "o")]
     assert load_script("clean_dataset").main(argv) == 2
     assert "dataset " + str(tmp_path / "nowhere") + " does not exist" in capsys.readouterr().err
+
+
+def test_a_subcenter_checkpoint_judges_outliers_by_its_dominant_subcentres(photo_people, tmp_path):
+    def subcenter_head(classes):
+        def edit(state):
+            state["config"]["loss"] = {"name": "subcenter_arcface", "k": 3}
+            state["head"] = {"weight": torch.randn(classes * 3, 32, generator=torch.Generator().manual_seed(0))}
+        return edit
+
+    model = edited_checkpoint(photo_people / "model.pt", tmp_path / "subcenter.pt", subcenter_head(3))
+    options = CleanOptions(photo_people / "people", model, tmp_path / "clean")
+    findings = find_noise(options)
+    assert findings.outlier_method.startswith("sub-center ArcFace") and findings.model.subcentres.shape == (3, 3, 32)
+    assert find_noise(CleanOptions(**{**options.__dict__, "subcentres": False})).outlier_method.startswith("identity mean")
+    wrong = edited_checkpoint(photo_people / "model.pt", tmp_path / "wrong.pt", subcenter_head(5))
+    with pytest.raises(ModelError, match="sub-center ArcFace checkpoint of 5 classes, the dataset has 3"):
+        find_noise(CleanOptions(photo_people / "people", wrong, tmp_path / "clean2"))
+
+
+def test_pair_lists_are_evaluation_data_too(photo_people, tmp_path):
+    """The pair list's image is obama's face: the identity 'obama' overlaps it."""
+    (tmp_path / "eval").mkdir()
+    Image.open(photo_people / "people" / "obama" / "1.jpg").save(tmp_path / "eval" / "a.png")
+    Image.open(photo_people / "people" / "obama" / "2.jpg").save(tmp_path / "eval" / "b.png")
+    (tmp_path / "pairs.txt").write_text("a.png b.png 1\n")
+    options = CleanOptions(photo_people / "people", photo_people / "model.pt", tmp_path / "clean",
+                           eval_pairs=[(tmp_path / "pairs.txt", tmp_path / "eval")])
+    findings = find_noise(options)
+    obama = sorted(p.name for p in (photo_people / "people").iterdir()).index("obama")
+    assert obama in findings.overlap.identities.tolist()
+    assert findings.evaluation_names == ["pairs.txt:a.png", "pairs.txt:b.png"]
