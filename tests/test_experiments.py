@@ -43,7 +43,7 @@ PRESETS = {
     "wf42m_vit_b": ("vit_b", "cosface", "webface42m", "adamw", 1e-3, 24576, 40),
 }
 # distillation preset -> (the recipe it adds a teacher to, the distillation loss)
-DISTILL_PRESETS = {"ms1mv3_mbf_feature_onnx": ("ms1mv3_mbf_arcface", "feature")}
+DISTILL_PRESETS = {"ms1mv3_mbf_feature_onnx": ("ms1mv3_mbf_arcface", "feature"), "ms1mv3_mbf_ekd": (None, "ekd")}
 # Two CPU steps of every preset: the smoke dataset and a narrow MobileFaceNet instead of the real data and
 # backbone (the presets' backbones are built in tests/test_configs.py); everything else is the preset's.
 TINY = ["dataset=synthetic", "dataset.num_classes=20", "dataset.images_per_class=8", "dataset.val_identities=10",
@@ -128,19 +128,36 @@ def test_distillation_presets_are_their_recipe_plus_a_teacher_and_train_two_step
     teacher = write_checkpoint(tmp_path / "teacher.pt", embedding_size=48)  # a 48-d teacher: the student projects
     export_onnx(teacher, tmp_path / "teacher.onnx")
     for preset, (recipe, loss) in DISTILL_PRESETS.items():
-        cfg, base = composed(f"experiment={preset}"), composed(f"experiment={recipe}")
+        cfg = composed(f"experiment={preset}")
         assert (cfg.name, cfg.distill.name, cfg.distill.weight) == (preset, loss, 1.0)
-        assert all(cfg[key] == base[key] for key in ("backbone", "loss", "dataset", "optimizer", "embedding_size"))
+        if recipe is not None:
+            base = composed(f"experiment={recipe}")
+            assert all(cfg[key] == base[key] for key in ("backbone", "loss", "dataset", "optimizer", "embedding_size"))
         with pytest.raises(ConfigError, match=f"distill={loss} needs a teacher"):
             check_config(cfg)
-        cfg = composed(f"experiment={preset}", *TINY, f"distill.teacher={tmp_path / 'teacher.onnx'}", hydra=True)
+        cfg = composed(f"experiment={preset}", *TINY, "trainer.images_per_identity=2",
+                       f"distill.teacher={tmp_path / 'teacher.onnx'}", hydra=True)
         cfg.hydra.runtime.output_dir = str(tmp_path / preset)
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):
             del cfg["hydra"]
         assert run(cfg)["step"] == 2
         state = torch.load(tmp_path / preset / "checkpoints" / "step_000000002.pt", weights_only=False)
-        assert state["terms"]["distill.loss.projection.weight"].shape == (48, 32)
+        assert ("distill.loss.projection.weight" in state["terms"]) == (loss == "feature")  # ekd: any sizes
+
+
+def test_the_ekd_preset_is_tfaces_recipe():
+    """TFace 171ec143 recognition/tasks/ekd/train.yaml: MobileFaceNet, ArcFace 64/0.4, 32 + 32 images, SGD 0.1 with
+    steps at 10, 18, 22 of 26 epochs, weight decay 5e-4, EKD with its settings."""
+    cfg = composed("experiment=ms1mv3_mbf_ekd")
+    assert (cfg.backbone.name, list(cfg.backbone.blocks), cfg.backbone.scale, cfg.embedding_size) == ("mbf", [1, 4, 6, 2], 1, 512)
+    assert (cfg.loss.name, cfg.loss.s, cfg.loss.m) == ("arcface", 64.0, 0.4)
+    assert (cfg.trainer.batch_size, cfg.trainer.sampler.value, cfg.trainer.images_per_identity) == (64, "mixed", 4)
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.1, 0.9, 5e-4)
+    assert (list(cfg.scheduler.milestones), cfg.scheduler.gamma, cfg.trainer.max_epochs) == ([10, 18, 22], 0.1, 26)
+    assert (cfg.distill.name, list(cfg.distill.fprs), cfg.distill.momentum, cfg.distill.temperature) == (
+        "ekd", [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6], 0.01, 0.01)
+    assert (cfg.distill.top_k, cfg.distill.positive_weight, cfg.distill.negative_weight) == (2000, 0.02, 0.01)
 
 
 def test_linear_scaling_rule():
