@@ -95,8 +95,7 @@ def test_the_logit_loss_takes_the_head_of_a_checkpoint_and_refuses_a_teacher_wit
         load_teacher(sources["checkpoint"], torch.device("cpu"), 16, head_classes=7)
 
 
-def test_the_teacher_converts_its_input_convention(sources):
-    """An ONNX model and precomputed features report their own embedding size; the precomputed rows follow indices."""
+def test_onnx_and_precomputed_teachers_report_their_size_and_the_rows_follow_the_indices(sources):
     onnx = load_teacher(sources["onnx"], torch.device("cpu"), 16)
     features = load_teacher(sources["features"], torch.device("cpu"), 16)
     assert onnx.embedding_size == features.embedding_size == TEACHER_SIZE
