@@ -1,7 +1,7 @@
 """Compare training runs: a table of their final and best metrics, and their curves in one picture.
 
     python scripts/compare_runs.py outputs/ms1mv3_r50_arcface/<run> outputs/ms1mv3_r50_cosface/<run> \
-        [--output compare.png]
+        [--output compare.png]                                      # default: beside the runs
     python scripts/compare_runs.py outputs/multirun/<sweep>        # every job of a sweep
 
 The table (stdout) comes from each run's ``metrics.json``: steps trained, the last training loss, and per
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from facetrain.cli import script_parser
-from facetrain.sweeps.compare import labels, load_run, plot, read_curves, table  # noqa: F401 (read_curves: API)
+from facetrain.sweeps.compare import default_output, labels, load_run, plot, read_curves, table  # noqa: F401 (read_curves: API)
 from facetrain.sweeps.sweep import is_sweep, job_labels, sweep_jobs
 from facetrain.errors import FacetrainError
 
@@ -40,20 +40,23 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = script_parser("compare_runs", __doc__)
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
                         help="run directories written by train.py, or sweep folders (outputs/multirun/<sweep>)")
-    parser.add_argument("--output", type=Path, default=Path("compare_runs.png"), help="the picture (PNG)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="the picture (PNG); default compare_runs.png in the folder holding the runs")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        runs = [load_run(path, label) for path, label in runs_and_labels(args.runs)]
+        found = runs_and_labels(args.runs)
+        runs = [load_run(path, label) for path, label in found]
     except FacetrainError as exc:
         print(f"compare_runs: error: {exc}", file=sys.stderr)
         return 2
     print(table(runs))
-    plot(runs, args.output)
-    print(f"curves: {args.output}")
+    output = args.output or default_output([path for path, _ in found])
+    plot(runs, output)
+    print(f"curves: {output}")
     return 0
 
 

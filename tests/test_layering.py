@@ -23,7 +23,8 @@ LAYERS: list[set[str]] = [
      "facetrain.distill"},  # teachers and distillation losses (handed to the loop as a loss term)
     {"facetrain.curation"},  # cleaning a training set (embeds it with eval's code, so above eval)
     {"facetrain.train", "facetrain.cli", "facetrain.export"},  # entry points
-    {"facetrain.benchmarks"},  # the measurements behind BENCHMARKS.md (they build trainers)
+    {"facetrain.benchmarks",  # the measurements behind BENCHMARKS.md (they build trainers)
+     "facetrain.docs_figures"},  # the figures of README.md and docs/ (they start train.py, draw the heads)
 ]
 LAYER_OF = {unit: layer for layer, units in enumerate(LAYERS) for unit in units}
 

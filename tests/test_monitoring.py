@@ -199,6 +199,21 @@ def test_compare_runs_tables_final_and_best_and_draws_the_curves(tmp_path, capsy
     assert set(curves) == {"loss", "lfw", "cfp_fp"}  # best_accuracy is not a curve of its own
 
 
+def test_compare_runs_draws_beside_the_runs_by_default(tmp_path, monkeypatch, capsys):
+    first, second = tmp_path / "outputs" / "arc" / "run_a", tmp_path / "outputs" / "arc" / "run_b"
+    other = tmp_path / "outputs" / "cos" / "run_c"
+    for run in (first, second, other):
+        fake_run(run, [40.0, 30.0], {"lfw": [0.6, 0.9]})
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert compare_runs().main([str(first), str(second)]) == 0  # runs of one name: in outputs/<name>/
+    assert (tmp_path / "outputs" / "arc" / "compare_runs.png").is_file()
+    assert capsys.readouterr().out.splitlines()[-1] == f"curves: {(tmp_path / 'outputs' / 'arc' / 'compare_runs.png').resolve()}"
+    assert compare_runs().main([str(first), str(other)]) == 0  # runs of two names: in the folder holding both
+    assert (tmp_path / "outputs" / "compare_runs.png").is_file()
+    assert list((tmp_path / "elsewhere").iterdir()) == []  # never the current folder
+
+
 def test_compare_runs_names_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert compare_runs().main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -1,5 +1,8 @@
 """Fault injection: kill -9, SIGTERM, corrupt checkpoints, NaN losses, full disks, refused resumes.
 
+Over 400 lines on purpose: one job (what survives a fault), and its helpers (_composed, scalars, TinyFaces,
+Poisoned) are imported by other test files.
+
 The subprocess tests train the real CLI on a 40-image synthetic set (5 steps per epoch, so 8 steps
 cross an epoch boundary) and compare every interrupted run with one uninterrupted baseline.
 """

@@ -4,6 +4,7 @@ and for a sweep's ``compare.png``."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -57,6 +58,12 @@ def labels(run_dirs: list[Path]) -> list[str]:
     """``<name>/<timestamp>`` of each run (its last two path parts), the full path where those repeat."""
     short = [str(Path(*path.resolve().parts[-2:])) for path in run_dirs]
     return [s if short.count(s) == 1 else str(path) for s, path in zip(short, run_dirs)]
+
+
+def default_output(run_dirs: list[Path]) -> Path:
+    """``compare_runs.png`` beside the runs: in the deepest folder holding them all (``outputs/<name>/`` for runs
+    of one name, a sweep's folder for its jobs)."""
+    return Path(os.path.commonpath([str(path.resolve().parent) for path in run_dirs])) / "compare_runs.png"
 
 
 def _number(value: Optional[float], digits: int = 4) -> str:
