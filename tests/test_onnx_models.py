@@ -175,3 +175,19 @@ def test_scripts_refuse_a_file_that_is_no_usable_model_in_one_line(faces_and_mod
 def test_export_onnx_refuses_an_onnx_model_in_one_line(faces_and_models, tmp_path, capsys):
     line = one_line(capsys, "export_onnx", [str(faces_and_models["onnx"]), "--output", str(tmp_path / "again.onnx")])
     assert "is an ONNX model already" in line
+
+
+@pytest.mark.parametrize("names", [("_minus0", "_mul0", "pool"), ("Sub_0", "Mul_1", "pool"), ("a", "b", "c")],
+                         ids=["mxnet", "sub_mul", "plain"])
+def test_the_convention_and_embeddings_are_insightfaces(tmp_path, names):
+    """insightface's own ArcFaceONNX (installed package) on the same model: the same mean and std, and its get_feat
+    on the BGR image gives our embedding of the RGB image."""
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+
+    path = channel_means_model(tmp_path / "m.onnx", names)
+    theirs, ours = ArcFaceONNX(model_file=str(path)), load_backbone(path)
+    assert (theirs.input_mean, theirs.input_std) == (ours.pixel_mean, ours.pixel_std)
+    image = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    expected = theirs.get_feat(np.ascontiguousarray(image[:, :, ::-1]))  # insightface takes OpenCV's BGR
+    got = embed_images(ours, image[None], flip="none")
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
