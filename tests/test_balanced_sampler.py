@@ -175,3 +175,21 @@ def test_the_trainer_draws_its_batches_with_trainer_sampler(tmp_path):
     for images, labels, indices in trainer.loader:
         assert [len(set(labels[i:i + 4].tolist())) for i in (0, 4, 8)] == [1, 1, 1]
         assert len(set(labels.tolist())) == 3
+
+
+def test_a_recordio_datasets_labels_come_from_one_pass_over_its_headers(tmp_path):
+    """Whole records, label vectors (flag > 0: the first float after the header), records split at a 4-aligned
+    magic and keys that are not positions: the one-pass labels equal label_of's, record by record."""
+    from facetrain.data.datasets import RecordDataset
+    from tests.data_helpers import face, irheader, jpeg_with_aligned_magic, write_rec_by_hand
+    from facetrain.data.images import encode_jpeg
+
+    records = [irheader(3.0) + encode_jpeg(face(0)), irheader([5.0, 1.0]) + encode_jpeg(face(1)),
+               irheader(7.0) + jpeg_with_aligned_magic(face(2), 24), irheader([2.0]) + jpeg_with_aligned_magic(face(3), 28),
+               irheader(0.0) + encode_jpeg(face(4))]
+    write_rec_by_hand(tmp_path, records, keys=[0, 5, 9, 12, 40])
+    (tmp_path / "property").write_text("8,112,112")
+    dataset = RecordDataset(tmp_path)
+    assert dataset.labels.tolist() == [dataset.label_of(i) for i in range(5)] == [3, 5, 7, 2, 0]
+    assert dataset.reader.read_classes(np.array([40, 9, 0])).tolist() == [0, 7, 3]
+    assert np.array_equal(dataset_labels(dataset), [3, 5, 7, 2, 0])

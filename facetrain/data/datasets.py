@@ -6,6 +6,7 @@ once, counted across DataLoader workers, fatal beyond ``max_bad_fraction``), the
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -149,6 +150,12 @@ class RecordDataset(FaceDataset):
     def label_of(self, index: int) -> int:
         """The label of sample ``index``, without decoding its image."""
         return self.reader.read_class(int(self.keys[index]))
+
+    @functools.cached_property
+    def labels(self) -> np.ndarray:
+        """The label of every sample, ``[len(self)]`` int64, read from the records' headers in one pass (no image
+        is decoded); the balanced samplers need them (:func:`facetrain.data.balanced.dataset_labels`)."""
+        return self.reader.read_classes(self.keys)
 
     def where(self, index: int) -> str:
         key = int(self.keys[index])

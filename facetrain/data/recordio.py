@@ -203,6 +203,32 @@ class RecordReader:
                 return int(label if flag == 0 else struct.unpack_from("<f", head, 32)[0])
         return unpack_record(self.read(key))[0].class_id
 
+    def read_classes(self, keys: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+        """:meth:`read_class` of every key, ``[len(keys)]`` int64: the records' first 36 bytes gathered from a
+        memory map, ``chunk`` records at a time (seconds for millions of records, where one read each takes
+        minutes); records whose label is not within them (split records) are read as :meth:`read_class` reads."""
+        keys = np.asarray(keys, dtype=np.int64)
+        classes = np.empty(len(keys), dtype=np.int64)
+        if self._size < 36:
+            return np.array([self.read_class(int(k)) for k in keys], dtype=np.int64)
+        data = np.memmap(self.rec_path, dtype=np.uint8, mode="r")
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            position = part if self._dense else np.searchsorted(self.keys, part)
+            found = (position >= 0) & (position < len(self.keys))
+            found[found] &= self.keys[position[found]] == part[found]
+            offsets = np.where(found, self._offsets[np.where(found, position, 0)], 0)
+            found &= offsets + 36 <= self._size
+            heads = data[np.where(found, offsets, 0)[:, None] + np.arange(36)]  # [n, 36] bytes
+            words = heads.view("<u4")
+            magic, lrec, flag = words[:, 0], words[:, 1], words[:, 2]
+            whole = found & (magic == MAGIC) & (lrec >> 29 == 0) & (lrec & _LENGTH_MASK >= 28)
+            labels = np.where(flag == 0, heads[:, 12:16].copy().view("<f4")[:, 0], heads[:, 32:36].copy().view("<f4")[:, 0])
+            classes[start : start + len(part)] = np.trunc(np.where(whole, labels, 0)).astype(np.int64)  # int()
+            for i in np.flatnonzero(~whole):
+                classes[start + i] = self.read_class(int(part[i]))
+        return classes
+
     def __contains__(self, key: int) -> bool:
         try:
             self.offset(key)
