@@ -86,6 +86,15 @@ def test_anchors_are_the_ema_of_the_negatives_at_each_false_positive_rate():
     torch.testing.assert_close(loss.student_anchors, torch.tensor(expected) * (1 + 0.75), rtol=0, atol=1e-7)
 
 
+def test_a_false_positive_rate_of_one_anchors_at_the_least_similar_negative():
+    """TFace's rates end at 1e-1; at FPR 1 the index len // 1 would be past the end: the last negative instead."""
+    loss = EvaluationOrientedLoss(2, 2, fprs=(1.0,), momentum=1.0)
+    angles = torch.tensor([0.0, 0.3, 1.2, 2.0])
+    student = torch.stack([angles.cos(), angles.sin()], 1)
+    term(loss, student, student, torch.tensor([0, 0, 1, 1]))
+    assert loss.student_anchors.item() == pytest.approx(math.cos(2.0 - 0.0), abs=1e-6)
+
+
 def test_rank_count_is_the_sum_of_tempered_sigmoids_clamped():
     anchors = torch.tensor([0.2, 0.5])
     counts = rank_counts(torch.tensor([0.2, 0.51, 5.0, -5.0]), anchors, 0.01)

@@ -79,7 +79,8 @@ class EvaluationOrientedLoss(DistillLoss):
 
     @torch.no_grad()
     def _update_anchors(self, student_sorted: torch.Tensor, teacher_sorted: torch.Tensor) -> None:
-        at = torch.tensor([len(student_sorted) // n for n in self.per_false_positive], device=student_sorted.device)
+        last = len(student_sorted) - 1  # FPR 1: the least similar negative
+        at = torch.tensor([min(len(student_sorted) // n, last) for n in self.per_false_positive], device=student_sorted.device)
         for anchors, ranked in ((self.student_anchors, student_sorted), (self.teacher_anchors, teacher_sorted)):
             anchors.copy_(self.momentum * ranked[at] + (1 - self.momentum) * anchors)  # TFace's order of terms
 
