@@ -29,7 +29,7 @@ CODE_SPAN = re.compile(r"(`+)(.+?)\1")
 EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # http:, https:, mailto:, ...
 
 # config groups whose choices are files configs/<group>/<choice>.yaml
-CONFIG_GROUPS = ("loss", "backbone", "dataset", "experiment", "optimizer", "scheduler", "logger")
+CONFIG_GROUPS = ("loss", "backbone", "dataset", "experiment", "optimizer", "scheduler", "logger", "distill")
 # Hydra's own groups: their options come from Hydra and its installed plugins (the dev extras install
 # submitit and optuna), listed by Hydra's config loader
 HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
