@@ -9,6 +9,7 @@ from pathlib import Path
 
 from facetrain.docs_figures.head_curves import (boundary, margin_curves, no_setup, target_logits, x2softmax_margins,
                                                 x2softmax_picture)
+from facetrain.docs_figures.pages import load
 from facetrain.docs_figures.runs import duration
 from facetrain.heads import HEADS, build_head
 
@@ -86,7 +87,7 @@ def margin_block(figures: HeadPictures, stamp: str) -> str:
 
 def pictures_block(figures: HeadPictures, stamp: str) -> str:
     return "\n".join([
-        f"{stamp} ({duration(figures.seconds)} for the three pictures and the numbers above).", "",
+        f"{stamp} ({duration(figures.seconds)} for the three pictures and the numbers above; {load()}).", "",
         "The target logit `f(theta)` of every head, one panel per family, the same axes; curves that coincide "
         "are drawn once, their labels joined:", "",
         "![target logit of every head against the angle to the class centre, one panel per family]"

@@ -3,6 +3,7 @@ NAME -->``): finding and rewriting them, and the stamp (machine and date) each b
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import re
 import textwrap
@@ -83,3 +84,8 @@ def machine() -> str:
 def stamp() -> str:
     """``Measured on <machine>, <UTC date>``: the first words of every generated block."""
     return f"Measured on {machine()}, {datetime.datetime.now(datetime.timezone.utc).date().isoformat()}"
+
+
+def load() -> str:
+    """How busy the machine was (times depend on it): its load average over the last 5 minutes and its cores."""
+    return f"load average {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facetrain.docs_figures.runs import QUICK_DATA, Launched, duration, only_run, run_config, train
+from facetrain.docs_figures.pages import load
 from facetrain.sweeps.compare import load_run
 
 QUICK_STEPS = ("trainer.max_steps=2",)
@@ -74,7 +75,7 @@ def block(figures: Quickstart, stamp: str) -> str:
         f"{f.final_loss:.1f} at the end (the margin keeps it high even when the embedding is already good; "
         f"`log(classes) + s*sin(m)` = {f.formula_loss:.1f} is what non-target logits of exactly 0 would give: "
         f"[FAQ](docs/faq.md#the-arcface-loss-starts-around-40-50-is-that-broken)). The run took "
-        f"{duration(f.seconds)} (about {f.images / f.seconds:.0f} images/s), including generating the data and "
-        f"both evaluations; peak memory {f.peak_memory_gb:.1f} GB. CPU kernels round differently from machine "
+        f"{duration(f.seconds)} (about {f.images / f.seconds:.0f} images/s; {load()} as it ended), including "
+        f"generating the data and both evaluations; peak memory {f.peak_memory_gb:.1f} GB. CPU kernels round differently from machine "
         f"to machine, and {f.steps} steps of training amplify it: expect the accuracy within a few hundredths. "
         f"Re-made by `python scripts/make_docs.py` (with `trainer.log_every=1`, to log the first step's loss).\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from facetrain.docs_figures.pages import load
 from facetrain.docs_figures.runs import duration, sweep_config, sweep_dir, train
 
 COMMAND = ("experiment=smoke", "loss=arcface,cosface,x2softmax", "sweep.name=heads")
@@ -29,7 +30,7 @@ def measure(work: Path, quick: bool) -> SweepExample:
 def block(figures: SweepExample, stamp: str) -> str:
     f = figures
     lines = [f"{stamp}, for the sweep above with `trainer.max_steps={f.steps}` ({duration(f.seconds)} for the "
-             "three jobs):", "", *[line for line in f.table if line.startswith("|")], "",
+             f"three jobs; {load()} as they ended):", "", *[line for line in f.table if line.startswith("|")], "",
              *[line for line in f.table if line.startswith("Best:")], "",
              f"`experiment=smoke` verifies on {f.pairs} pairs (10 folds of {f.pairs // 10}), so accuracy moves in "
              f"steps of {1 / f.pairs:.2f} and the best job of so short a sweep is noise (runs of the same command "
