@@ -194,6 +194,17 @@ def test_bad_input_is_one_line_and_exit_2(photo_people, tmp_path, capsys, args, 
     assert problem in err and err.count("\n") == 1
 
 
+def test_a_missing_or_bad_model_is_named_first(photo_people, tmp_path, capsys):
+    missing = [str(tmp_path / "nowhere"), "--model", str(tmp_path / "none.pt"), "--output", str(tmp_path / "o")]
+    assert load_script("clean_dataset").main(missing) == 2
+    assert f"{tmp_path / 'none.pt'} does not exist" in capsys.readouterr().err
+    (tmp_path / "text.pt").write_text("not a model")
+    bad = [str(photo_people / "people"), "--model", str(tmp_path / "text.pt"), "--output", str(tmp_path / "o")]
+    assert load_script("clean_dataset").main(bad) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "text.pt") in err and err.count("\n") == 1
+
+
 def test_a_missing_dataset_is_one_line(photo_people, tmp_path, capsys):
     argv = [str(tmp_path / "nowhere"), "--model", str(photo_people / "model.pt"), "--output", str(tmp_path / "o")]
     assert load_script("clean_dataset").main(argv) == 2

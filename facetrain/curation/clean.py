@@ -13,7 +13,7 @@ from facetrain.curation.duplicates import find_duplicates
 from facetrain.curation.features import CHUNK, SampleFeatures, sample_features
 from facetrain.curation.identities import (DEFAULT_OUTLIER_DEGREES, cosine_to, identity_centres, mean_outliers,
                                            subcentre_outliers)
-from facetrain.curation.model import CleaningModel, load_cleaning_model
+from facetrain.curation.model import CleaningModel, check_subcentres, load_cleaning_model
 from facetrain.curation.overlap import DEFAULT_OVERLAP_COSINE, Overlap, evaluation_images, find_overlap
 from facetrain.curation.similarity import merge_groups, similar_pairs
 from facetrain.curation.source import dataset_digest, open_training_set, sample_labels
@@ -92,10 +92,12 @@ def check_options(options: CleanOptions) -> None:
 def find_noise(options: CleanOptions, model: Optional[CleaningModel] = None) -> Findings:
     """Run the feature pass and every check switched on (``model``: the one ``options.model`` names, loaded)."""
     check_options(options)
+    model = model or load_cleaning_model(options.model, options.device)  # the model first: a missing one is named first
     dataset = open_training_set(options.dataset)
     labels = sample_labels(dataset)
     classes = max(dataset.num_classes, int(labels.max()) + 1)
-    model = model or load_cleaning_model(options.model, options.device, classes)
+    if options.subcentres:
+        check_subcentres(model, classes)
     key = {"model": model.sha256, "dataset": dataset_digest(dataset), "size": len(dataset)}
     cache = options.cache or options.output / "features"
     features = sample_features(dataset, model.backbone, options.device, cache, key, options.batch_size,

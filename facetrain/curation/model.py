@@ -39,14 +39,16 @@ def head_subcentres(path: Path) -> Optional[np.ndarray]:
     return weight.reshape(-1, k, weight.shape[1])
 
 
-def load_cleaning_model(path: Path, device: torch.device, num_classes: int) -> CleaningModel:
-    """The model at ``path`` (anything ``load_backbone`` reads); a sub-center head must have one row of centres
-    per class of the dataset."""
+def load_cleaning_model(path: Path, device: torch.device) -> CleaningModel:
+    """The model at ``path`` (anything ``load_backbone`` reads)."""
     file = find_checkpoint(path)
     backbone = load_backbone(file, device)
-    subcentres = head_subcentres(file)
-    if subcentres is not None and len(subcentres) != num_classes:
-        raise ModelError(f"{file} is a sub-center ArcFace checkpoint of {len(subcentres)} classes, the dataset has "
-                         f"{num_classes}", "pass the checkpoint trained on this dataset, or --no-subcentres to use "
-                         "each identity's mean embedding")
-    return CleaningModel(file, checkpoint_digest(file), backbone, subcentres)
+    return CleaningModel(file, checkpoint_digest(file), backbone, head_subcentres(file))
+
+
+def check_subcentres(model: CleaningModel, num_classes: int) -> None:
+    """A sub-center head must have one row of centres per class of the dataset."""
+    if model.subcentres is not None and len(model.subcentres) != num_classes:
+        raise ModelError(f"{model.path} is a sub-center ArcFace checkpoint of {len(model.subcentres)} classes, the "
+                         f"dataset has {num_classes}", "pass the checkpoint trained on this dataset, or --no-subcentres "
+                         "to use each identity's mean embedding")
