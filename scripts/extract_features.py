@@ -82,7 +82,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, required=True, help="the .npy file of features (paths go to .txt beside it)")
     add_embedding_options(parser)
     add_align_options(parser)
-    return parse_embedding_args(parser, argv)
+    args = parse_embedding_args(parser, argv)
+    if args.dataset is not None and args.align:
+        parser.error("--align crops raw photos, --dataset reads a training set of aligned crops: drop --align")
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> int:

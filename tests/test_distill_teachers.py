@@ -117,6 +117,17 @@ def test_a_file_that_is_no_teacher_is_one_line(tmp_path, content, message):
     assert "\n" not in str(error.value) and "distill.teacher=" in str(error.value)
 
 
+def test_extract_features_refuses_a_missing_dataset_and_align_with_a_dataset(sources, tmp_path, capsys):
+    script = load_script("extract_features")
+    common = [str(sources["checkpoint"]), "--output", str(tmp_path / "f.npy"), "--device", "cpu"]
+    assert script.main([*common, "--dataset", str(tmp_path / "nowhere")]) == 2
+    assert "--dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        script.main([*common, "--dataset", str(sources["data"]), "--align"])
+    assert exit_.value.code == 2 and "drop --align" in capsys.readouterr().err
+    assert not (tmp_path / "f.npy").exists()
+
+
 def test_features_of_another_dataset_are_refused(sources, tmp_path):
     with pytest.raises(ModelError, match=r"holds float32 \[16, 48\], not one float row for each of the dataset's 20 images"):
         load_teacher(sources["features"], torch.device("cpu"), 20)
