@@ -29,10 +29,12 @@ NOT_RECOGNITION = "pass a face recognition model: one input [N,3,112,112], one o
 
 
 def looks_like_onnx(path: Path) -> bool:
-    """Whether ``path`` starts as an ONNX ModelProto does: ir_version (a small varint), then another field."""
+    """Whether ``path`` starts as an ONNX ModelProto does: ir_version (a small varint), then another field (and not
+    as a safetensors file whose header length happens to start alike: its JSON header opens at byte 8)."""
     with open(path, "rb") as f:
-        head = f.read(3)
-    return len(head) == 3 and head[0] == 0x08 and 1 <= head[1] <= 64 and head[2] in NEXT_TAGS
+        head = f.read(9)
+    return (len(head) == 9 and head[0] == 0x08 and 1 <= head[1] <= 64 and head[2] in NEXT_TAGS
+            and head[8:9] != b"{")
 
 
 def normalises_inside(node_names: list[str]) -> bool:

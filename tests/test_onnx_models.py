@@ -172,6 +172,16 @@ def test_scripts_refuse_a_file_that_is_no_usable_model_in_one_line(faces_and_mod
                                                              "--output", str(tmp_path / "f.npy")])
 
 
+def test_a_safetensors_file_whose_header_length_starts_like_onnx_is_not_taken_for_one(tmp_path):
+    """A header of 0x12_01_08 bytes: its length's first bytes read as ONNX's ir_version tag, but byte 8 opens JSON."""
+    from facetrain.inference_onnx import looks_like_onnx
+
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes((0x120108).to_bytes(8, "little") + b'{"__metadata__": {}}'.ljust(0x120108))
+    assert not looks_like_onnx(path)
+    assert looks_like_onnx(channel_means_model(tmp_path / "m.onnx", ("a", "b", "c")))
+
+
 def test_export_onnx_refuses_an_onnx_model_in_one_line(faces_and_models, tmp_path, capsys):
     line = one_line(capsys, "export_onnx", [str(faces_and_models["onnx"]), "--output", str(tmp_path / "again.onnx")])
     assert "is an ONNX model already" in line
