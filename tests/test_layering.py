@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "facetrain"
 LAYERS: list[set[str]] = [
     {"facetrain.errors"},  # FacetrainError: a problem and its fix
     {"facetrain.registry", "facetrain.precision", "facetrain.files", "facetrain.untrusted",
-     "facetrain.cpu_memory"},  # helpers everyone uses
+     "facetrain.cpu_memory", "facetrain.cores", "facetrain.plural"},  # helpers everyone uses
     {"facetrain.config"},  # schemas, every key's rule, Hydra plugins as facetrain configures them
     {"facetrain.parallel"},  # process groups, collectives, shards, synchronised batch norm
     {"facetrain.backbones", "facetrain.heads", "facetrain.data", "facetrain.runs"},
