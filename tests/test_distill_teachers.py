@@ -95,6 +95,15 @@ def test_the_logit_loss_takes_the_head_of_a_checkpoint_and_refuses_a_teacher_wit
         load_teacher(sources["checkpoint"], torch.device("cpu"), 16, head_classes=7)
 
 
+def test_a_network_teacher_takes_the_students_memory_format(sources):
+    teacher = load_teacher(sources["checkpoint"], torch.device("cpu"), 16, channels_last=True)
+    convolutions = [m.weight for m in teacher.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
+    plain = load_teacher(sources["checkpoint"], torch.device("cpu"), 16).backbone
+    assert not all(m.weight.is_contiguous(memory_format=torch.channels_last)
+                   for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+
+
 def test_onnx_and_precomputed_teachers_report_their_size_and_the_rows_follow_the_indices(sources):
     onnx = load_teacher(sources["onnx"], torch.device("cpu"), 16)
     features = load_teacher(sources["features"], torch.device("cpu"), 16)
