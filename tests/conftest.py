@@ -17,6 +17,19 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The suite runs on every core (pytest-xdist, ``--dist loadgroup``): the tests of a module that share one
+    of its module-scoped fixtures (a training run, a sweep, a trained model) go to one worker, so the fixture
+    is built once; the other tests spread over the workers one by one."""
+    for item in items:
+        definitions = getattr(item, "_fixtureinfo", None)
+        shared = definitions is not None and any(
+            chain[-1].scope == "module" and chain[-1].baseid.endswith(".py")
+            for chain in definitions.name2fixturedefs.values())
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(autouse=True)
 def fresh_facetrain_logger():
     """Undo what an in-process ``facetrain.train.run`` did to the ``facetrain`` logger (its own handlers,
@@ -70,6 +83,37 @@ def run_cli(cache_dir: Path, tmp_path: Path):
         return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def train_in_process(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``train_in_process(*overrides, run_dir=None) -> run_dir``: what ``python train.py *overrides`` trains,
+    through the same ``facetrain.train.run``, in this process: the config composed as Hydra composes it (its
+    ``hydra`` node set as the running app's), without a new interpreter's ~9 s of imports and start-up.
+    Hydra's own work (``.hydra/`` files, sweeps, error handling) needs :func:`run_cli`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from facetrain.cli import prepare_hydra
+    from facetrain.train import run
+
+    prepare_hydra()
+    monkeypatch.setenv("FACETRAIN_CACHE", str(cache_dir))
+
+    def train(*overrides: str, run_dir: Path | None = None) -> Path:
+        run_dir = run_dir or tmp_path / "run"
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"output_root={tmp_path / 'outputs'}", *overrides],
+                          return_hydra_config=True)
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        run(cfg)
+        return run_dir
+
+    return train
 
 
 def only_run_dir(output_root: Path) -> Path:

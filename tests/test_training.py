@@ -1,4 +1,5 @@
-"""End-to-end CPU runs of the real CLI: every head, every backbone family, resume, DDP."""
+"""End-to-end CPU runs: every head and every backbone family (in this process, as train.py runs them), and the
+real CLI in new processes: one head, resume, DDP."""
 from __future__ import annotations
 
 import json
@@ -19,31 +20,40 @@ HEAD_RUNS = [[f"loss={p.stem}"] for p in sorted((REPO / "configs" / "loss").glob
 HEAD_RUNS.append(["loss=center", "loss.base=arcface"])  # center loss on a margin head
 
 
-@pytest.mark.parametrize("loss", HEAD_RUNS, ids=lambda args: "+".join(a.split("=", 1)[1] for a in args))
-def test_short_run_per_head(run_cli, tmp_path, loss):
-    result = run_cli(*SMOKE, *loss)
-    assert result.returncode == 0, result.stderr
-    run_dir = only_run_dir(tmp_path / "outputs")
+def check_smoke_run(run_dir) -> None:
+    """The smoke preset's 6 steps trained, evaluated at steps 0 and 6, checkpointed at 3 and 6, logged."""
     metrics = _metrics(run_dir)
     assert metrics["step"] == 6 and metrics["train_loss"] > 0
     assert 0.0 <= metrics["val"]["synthetic_val"]["accuracy"] <= 1.0
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*.pt"))
     assert checkpoints == ["step_000000003.pt", "step_000000006.pt"]
     assert all((run_dir / "checkpoints" / f"{name}.sha256").is_file() for name in checkpoints)
-    assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     log = (run_dir / "train.log").read_text()
     assert "step 0 val synthetic_val" in log and "step 6/6" in log
 
 
+@pytest.mark.parametrize("loss", HEAD_RUNS, ids=lambda args: "+".join(a.split("=", 1)[1] for a in args))
+def test_short_run_per_head(train_in_process, loss, one_thread):
+    check_smoke_run(train_in_process(*SMOKE, *loss))
+
+
+def test_short_run_through_the_cli(run_cli, tmp_path):
+    """``python train.py``: Hydra's app around the same run (its run directory and ``.hydra/`` files)."""
+    result = run_cli(*SMOKE, "loss=cosface")
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run_dir(tmp_path / "outputs")
+    check_smoke_run(run_dir)
+    assert run_dir.parent.name == "smoke_mbf_cosface_synthetic"
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
+
+
 @pytest.mark.parametrize("backbone", [["backbone=r18"], ["backbone=mbf"], ["backbone=mobilenet_v2"],
                                       ["backbone=ir_se_50"], ["backbone=vit_t"]],
                          ids=lambda args: args[0].split("=")[1])  # timm: tests/test_backbone_timm.py
-def test_short_run_per_backbone_family(run_cli, tmp_path, backbone):
-    result = run_cli(*SMOKE, *backbone, "trainer.max_steps=3", "trainer.batch_size=4",
-                     "eval.at_start=false", "embedding_size=128")
-    assert result.returncode == 0, result.stderr
-    run_dir = only_run_dir(tmp_path / "outputs")
+def test_short_run_per_backbone_family(train_in_process, backbone, one_thread):
+    run_dir = train_in_process(*SMOKE, *backbone, "trainer.max_steps=3", "trainer.batch_size=4",
+                               "eval.at_start=false", "embedding_size=128")
     backbone_module = facetrain.load_backbone(run_dir)
     assert not backbone_module.training
     with torch.no_grad():
@@ -54,15 +64,14 @@ RESUME_ARGS = [*SMOKE, "scheduler=multistep", "scheduler.milestones=[0.5,1.5]", 
                "checkpoint.every_steps=10", "checkpoint.keep_last=1"]
 
 
-def test_resume_is_bit_identical(run_cli, tmp_path):
+def test_resume_is_bit_identical(train_in_process, tmp_path, one_thread):
+    """20 steps, then resumed to 40, equal to 40 straight (each run as train.py runs it; the same through new
+    processes and a kill -9: tests/test_resilience.py)."""
     interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
-    first = run_cli(*RESUME_ARGS, "trainer.max_steps=20", f"hydra.run.dir={interrupted}")
-    assert first.returncode == 0, first.stderr
-    resumed = run_cli(*RESUME_ARGS, "trainer.max_steps=40", f"resume={interrupted}")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming at step 20" in resumed.stderr
-    full = run_cli(*RESUME_ARGS, "trainer.max_steps=40", f"hydra.run.dir={straight}")
-    assert full.returncode == 0, full.stderr
+    train_in_process(*RESUME_ARGS, "trainer.max_steps=20", run_dir=interrupted)
+    train_in_process(*RESUME_ARGS, "trainer.max_steps=40", f"resume={interrupted}", run_dir=interrupted)
+    assert "(resuming at step 20)" in (interrupted / "train.log").read_text()
+    train_in_process(*RESUME_ARGS, "trainer.max_steps=40", run_dir=straight)
 
     a = torch.load(interrupted / "checkpoints" / "step_000000040.pt", weights_only=False)
     b = torch.load(straight / "checkpoints" / "step_000000040.pt", weights_only=False)
