@@ -87,7 +87,8 @@ def run_cli(cache_dir: Path, tmp_path: Path):
 
 @pytest.fixture
 def train_in_process(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """``train_in_process(*overrides, run_dir=None) -> run_dir``: what ``python train.py *overrides`` trains,
+    """``train_in_process(*overrides, run_dir=None) -> run_dir``: what ``python train.py *overrides`` trains
+    (in ``run_dir``, or where Hydra would put it),
     through the same ``facetrain.train.run``, in this process: the config composed as Hydra composes it (its
     ``hydra`` node set as the running app's), without a new interpreter's ~9 s of imports and start-up.
     Hydra's own work (``.hydra/`` files, sweeps, error handling) needs :func:`run_cli`."""
@@ -102,10 +103,10 @@ def train_in_process(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("FACETRAIN_CACHE", str(cache_dir))
 
     def train(*overrides: str, run_dir: Path | None = None) -> Path:
-        run_dir = run_dir or tmp_path / "run"
         with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
             cfg = compose(config_name="train", overrides=[f"output_root={tmp_path / 'outputs'}", *overrides],
                           return_hydra_config=True)
+        run_dir = run_dir or Path(cfg.hydra.run.dir)  # as Hydra picks it (resume=<dir>, resume=auto, a new stamp)
         cfg.hydra.runtime.output_dir = str(run_dir)
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):

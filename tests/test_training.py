@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import facetrain
+from facetrain.errors import ResumeError
 from tests.conftest import REPO, SMOKE, only_run_dir
 
 
@@ -83,16 +84,15 @@ def test_resume_is_bit_identical(train_in_process, tmp_path, one_thread):
     assert len(list((interrupted / "tensorboard").glob("events.*"))) == 2  # same curves, continued
 
 
-def test_resume_honours_a_new_learning_rate_and_weight_decay(run_cli, tmp_path):
+def test_resume_honours_a_new_learning_rate_and_weight_decay(train_in_process, tmp_path, one_thread):
     """The optimizer state comes from the checkpoint, its hyperparameters from this command line: the
     lr continues the schedule from the new base lr (multistep: 0.1 ** 1 after the first milestone)."""
-    run_dir = tmp_path / "run"
-    assert run_cli(*RESUME_ARGS, "trainer.max_steps=10", f"hydra.run.dir={run_dir}").returncode == 0
-    resumed = run_cli(*RESUME_ARGS, "trainer.max_steps=12", f"resume={run_dir}", "optimizer.lr=0.02",
-                      "optimizer.weight_decay=0.001")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resume: optimizer lr 0.1 -> 0.02" in resumed.stderr
-    assert "resume: optimizer weight_decay 0.0005 -> 0.001" in resumed.stderr
+    run_dir = train_in_process(*RESUME_ARGS, "trainer.max_steps=10", run_dir=tmp_path / "run")
+    assert train_in_process(*RESUME_ARGS, "trainer.max_steps=12", f"resume={run_dir}", "optimizer.lr=0.02",
+                            "optimizer.weight_decay=0.001") == run_dir
+    log = (run_dir / "train.log").read_text()
+    assert "resume: optimizer lr 0.1 -> 0.02" in log
+    assert "resume: optimizer weight_decay 0.0005 -> 0.001" in log
     state = torch.load(run_dir / "checkpoints" / "step_000000012.pt", weights_only=False)
     group = state["optimizer"]["param_groups"][0]  # smoke: 160 images in batches of 8, milestones at steps 10 and 30
     assert group["initial_lr"] == 0.02 and group["weight_decay"] == 0.001
@@ -100,17 +100,14 @@ def test_resume_honours_a_new_learning_rate_and_weight_decay(run_cli, tmp_path):
     assert state["scheduler"]["base_lrs"] == [0.02]
 
 
-def test_resume_auto_picks_newest_run_and_refuses_a_different_head(run_cli, tmp_path):
-    assert run_cli(*SMOKE, "eval.at_start=false").returncode == 0
-    run_dir = only_run_dir(tmp_path / "outputs")
-    result = run_cli(*SMOKE, "trainer.max_steps=8", "resume=auto", "eval.at_start=false")
-    assert result.returncode == 0, result.stderr
+def test_resume_auto_picks_newest_run_and_refuses_a_different_head(train_in_process, tmp_path, one_thread):
+    run_dir = train_in_process(*SMOKE, "eval.at_start=false")
+    assert train_in_process(*SMOKE, "trainer.max_steps=8", "resume=auto", "eval.at_start=false") == run_dir
     assert only_run_dir(tmp_path / "outputs") == run_dir
     assert _metrics(run_dir)["step"] == 8
 
-    refused = run_cli(*SMOKE, "resume=" + str(run_dir), "embedding_size=256")
-    assert refused.returncode != 0
-    assert "cannot resume with a different embedding_size" in refused.stderr
+    with pytest.raises(ResumeError, match="cannot resume with a different embedding_size"):
+        train_in_process(*SMOKE, "resume=" + str(run_dir), "embedding_size=256")
 
 
 def test_ddp_two_processes_share_one_run_dir(run_cli, tmp_path):
