@@ -96,20 +96,13 @@ def test_frozen_batch_norm_keeps_and_uses_its_statistics():
 SHORT = [*SMOKE, "trainer.max_steps=3", "eval.at_start=true", "checkpoint.every_steps=3"]
 
 
-def run_dir_of(tmp_path: Path, name: str) -> Path:
-    (run_dir,) = (tmp_path / "outputs" / name).iterdir()
-    return run_dir
-
-
-def test_a_run_starts_from_another_run_s_backbone_with_a_class_mean_head(run_cli, tmp_path):
-    first = run_cli(*SHORT, "name=pretrain")
-    assert first.returncode == 0, first.stderr
-    pretrained = run_dir_of(tmp_path, "pretrain")
+def test_a_run_starts_from_another_run_s_backbone_with_a_class_mean_head(train_in_process, tmp_path):
+    pretrained = train_in_process(*SHORT, "name=pretrain")
     accuracy = json.loads((pretrained / "metrics.json").read_text())["val"]["synthetic_val"]["accuracy"]
-    second = run_cli(*SHORT, "name=finetuned", f"init.backbone={pretrained}", "init.head=class_mean", "loss=cosface",
-                     "finetune.backbone_lr_scale=0.1", "finetune.frozen=[backbone.body.0]", "finetune.freeze_batch_norm=true")
-    assert second.returncode == 0, second.stderr
-    log = (run_dir_of(tmp_path, "finetuned") / "train.log").read_text()
+    finetuned = train_in_process(*SHORT, "name=finetuned", f"init.backbone={pretrained}", "init.head=class_mean",
+                                 "loss=cosface", "finetune.backbone_lr_scale=0.1", "finetune.frozen=[backbone.body.0]",
+                                 "finetune.freeze_batch_norm=true")
+    log = (finetuned / "train.log").read_text()
     assert "init.backbone: a facetrain mbf from" in log and "20 class centres set to their images' mean embedding" in log
     assert f"step 0 val synthetic_val: accuracy {accuracy:.4f}" in log  # the same backbone, evaluated before training
     assert "batch norm layers keep their statistics" in log
@@ -126,11 +119,11 @@ def test_init_with_resume_and_a_wrong_prefix_are_refused(run_cli, tmp_path):
     assert "finetune.frozen names 'bakbone', which is no parameter (or module) of the model" in result.stderr
 
 
-def test_the_finetune_preset_composes_and_trains(run_cli, tmp_path):
-    pretrain = run_cli(*SHORT, "name=base")
-    assert pretrain.returncode == 0, pretrain.stderr
-    base = run_dir_of(tmp_path, "base")
-    result = run_cli("experiment=finetune", f"init.backbone={base}", "dataset=synthetic", "dataset.num_classes=10",
-                     "dataset.images_per_class=5", "dataset.val_pairs=20", "trainer.max_epochs=2", "trainer.batch_size=10",
-                     "trainer.num_workers=0", "trainer.progress_bar=false")
-    assert result.returncode == 0, result.stderr
+def test_the_finetune_preset_composes_and_trains(train_in_process, tmp_path):
+    base = train_in_process(*SHORT, "name=base")
+    finetuned = train_in_process("experiment=finetune", f"init.backbone={base}", "dataset=synthetic",
+                                 "dataset.num_classes=10", "dataset.images_per_class=5", "dataset.val_pairs=20",
+                                 "trainer.max_epochs=2", "trainer.batch_size=10", "trainer.num_workers=0",
+                                 "trainer.progress_bar=false")
+    assert json.loads((finetuned / "metrics.json").read_text())["step"] == 10  # 2 epochs of 50 images in tens
+    assert "init.backbone: a facetrain mbf from" in (finetuned / "train.log").read_text()
