@@ -135,9 +135,8 @@ def test_unusual_but_legal_values_warn_once(caplog):
     assert caplog.text.count("loss.m=1.2 is legal but unusual: the papers use margins up to about 0.8") == 1
 
 
-def test_resume_and_another_run_dir_are_refused(run_cli, tmp_path):
-    first = run_cli(*SMOKE, "trainer.max_steps=2", "eval.at_start=false", f"hydra.run.dir={tmp_path / 'a'}")
-    assert first.returncode == 0, first.stderr
+def test_resume_and_another_run_dir_are_refused(run_cli, train_in_process, tmp_path):
+    train_in_process(*SMOKE, "trainer.max_steps=2", "eval.at_start=false", run_dir=tmp_path / "a")
     result = run_cli(*SMOKE, f"resume={tmp_path / 'a'}", f"hydra.run.dir={tmp_path / 'b'}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
