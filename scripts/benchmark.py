@@ -6,6 +6,7 @@
     python scripts/benchmark.py train [--data synthetic|real] [--warmup 5] [--steps 20] [HYDRA OVERRIDES ...]
     python scripts/benchmark.py backbones [NAMES ...] [--timm MODEL ...] [--embedding-size 512]
     python scripts/benchmark.py align [--photos DIR] [--side 1000] [--reference POINTS.txt]
+    python scripts/benchmark.py noisy make OUT | score OUT CLEAN_DIR | cost DATASET
 
 ``data``: how fast the input pipeline feeds a GPU from a dataset folder (a RecordIO folder, identity
 folders or a list file): single-core decode speed of each JPEG decoder, one core's dataset speed
@@ -34,6 +35,9 @@ any timm models named, as a markdown table (docs/backbones.md's table).
 ``align``: raw photos to aligned crops, photos per core-second, beside facenet-pytorch's MTCNN, and the
 five points' agreement with a reference.
 
+``noisy``: synthetic faces with known noise, precision and recall of a ``clean_dataset.py`` report against it,
+and the cleaning's costs that grow with the data (docs/noisy_data.md, BENCHMARKS.md).
+
 Each command lives in its own module of :mod:`facetrain.benchmarks` . A new
 command is a function ``add_<name>_command(subparsers)`` that sets ``run=`` on its parser, listed in ``COMMANDS``.
 """
@@ -50,11 +54,12 @@ from facetrain.benchmarks.backbones import add_backbones_command  # noqa: E402
 from facetrain.benchmarks.data import add_data_command  # noqa: E402
 from facetrain.benchmarks.head import add_head_command  # noqa: E402
 from facetrain.benchmarks.ijb import add_ijb_command  # noqa: E402
+from facetrain.benchmarks.noisy import add_noisy_command  # noqa: E402
 from facetrain.benchmarks.train import add_train_command  # noqa: E402
 from facetrain.cli import run_script, script_parser  # noqa: E402
 
 COMMANDS = [add_data_command, add_head_command, add_ijb_command, add_train_command, add_backbones_command,
-            add_align_command]
+            add_align_command, add_noisy_command]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
