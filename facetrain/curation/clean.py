@@ -16,7 +16,8 @@ from facetrain.curation.identities import (DEFAULT_OUTLIER_DEGREES, cosine_to, i
 from facetrain.curation.model import CleaningModel, check_subcentres, load_cleaning_model
 from facetrain.curation.overlap import DEFAULT_OVERLAP_COSINE, Overlap, evaluation_images, find_overlap
 from facetrain.curation.similarity import merge_groups, similar_pairs
-from facetrain.curation.source import dataset_digest, open_training_set, sample_labels
+from facetrain.curation.source import dataset_digest, open_training_set
+from facetrain.data.balanced import dataset_labels
 from facetrain.data.datasets import FaceDataset
 from facetrain.errors import ConfigError
 
@@ -94,7 +95,7 @@ def find_noise(options: CleanOptions, model: Optional[CleaningModel] = None) -> 
     check_options(options)
     model = model or load_cleaning_model(options.model, options.device)  # the model first: a missing one is named first
     dataset = open_training_set(options.dataset)
-    labels = sample_labels(dataset)
+    labels = dataset_labels(dataset)
     classes = max(dataset.num_classes, int(labels.max()) + 1)
     if options.subcentres:
         check_subcentres(model, classes)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from facetrain.data.datasets import FaceDataset, RecordDataset
 from facetrain.data.imagefolder import ImageFolderDataset
 from facetrain.data.recordio import unpack_record
@@ -22,11 +20,6 @@ def open_training_set(root: Path) -> FaceDataset:
     if not root.is_dir():
         raise DataError(f"dataset {root} is not a folder", "pass a RecordIO folder (train.rec, train.idx) or identity folders")
     return ImageFolderDataset(root)
-
-
-def sample_labels(dataset: FaceDataset) -> np.ndarray:
-    """The label of every sample, int64 ``[N]`` (RecordIO: read from the record headers, no decoding)."""
-    return np.asarray([dataset.label_of(i) for i in range(len(dataset))], dtype=np.int64)
 
 
 def dataset_digest(dataset: FaceDataset) -> str:

@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from facetrain.data.balanced import dataset_labels
 from facetrain.data.datasets import FaceDataset
 from facetrain.errors import DataError
 
@@ -78,7 +79,7 @@ class SelectedDataset(FaceDataset):
 
     def __init__(self, base: FaceDataset, indices: np.ndarray) -> None:
         self.base, self.indices, self.root = base, indices, getattr(base, "root", None)
-        base_labels = np.asarray([base.label_of(int(i)) for i in range(len(base))], dtype=np.int64)
+        base_labels = dataset_labels(base)
         kept_classes = np.unique(base_labels[indices])
         self.dropped_classes = len(np.unique(base_labels)) - len(kept_classes)
         self.label_map = np.arange(base.num_classes, dtype=np.int64)
