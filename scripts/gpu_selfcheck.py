@@ -77,7 +77,7 @@ class Size:
             return Size("cuda", {"r50": ["backbone=r50"], "mbf": ["backbone=mbf", "backbone.scale=2"]}, 128,
                         steps or 200, 20)
         small_mbf = ["backbone=mbf", "backbone.blocks=[1,1,1,1]", "backbone.scale=1", "embedding_size=64"]
-        return Size("cpu", {"mbf": small_mbf}, 8, steps or 24, 3)
+        return Size("cpu", {"mbf": small_mbf}, 4, steps or 24, 3)  # fp16 CPU convolutions are slow: batch 4
 
 
 def trainer_for(size: Size, backbone: str, precision: str, run_dir: Path, *extra: str) -> tuple[Trainer, object]:
