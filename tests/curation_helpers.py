@@ -53,6 +53,7 @@ class NoisySet:
     duplicate_across: list[int] = field(default_factory=list)
     one_person: list[tuple[int, int]] = field(default_factory=list)
     from_evaluation: list[int] = field(default_factory=list)
+    codes: list[np.ndarray] = field(default_factory=list)  # each identity's colour code
 
 
 def write_noisy_set(folder: Path, identities: int = 30, per_identity: int = 10, seed: int = 0) -> NoisySet:
@@ -66,7 +67,8 @@ def write_noisy_set(folder: Path, identities: int = 30, per_identity: int = 10, 
     for identity, source in ((10, 0), (17, 1), (26, 2)):  # copied from the evaluation set's people
         codes[identity] = evaluation[source]
     images = {k: [code_image(codes[k], rng) for _ in range(per_identity)] for k in range(identities)}
-    truth = NoisySet(folder / "rec", folder / "eval.bin", one_person=[(4, 5), (21, 22)], from_evaluation=[10, 17, 26])
+    truth = NoisySet(folder / "rec", folder / "eval.bin", one_person=[(4, 5), (21, 22)], from_evaluation=[10, 17, 26],
+                     codes=codes)
     for target, source in ((1, 2), (3, 8), (7, 9), (12, 15), (14, 19), (20, 24), (25, 28)):  # moved images
         images[target][-1] = code_image(codes[source], rng)
     within = {11: 0, 13: 2, 16: 4}  # identity: the image copied inside it
@@ -92,6 +94,16 @@ def write_noisy_set(folder: Path, identities: int = 30, per_identity: int = 10, 
     pairs = [code_image(evaluation[k // 4], rng) for k in range(40)]
     save_verification_bin(truth.bin_path, pairs, [True, False] * 10)
     return truth
+
+
+def write_gallery(folder: Path, people: dict[str, np.ndarray], per_identity: int = 3, seed: int = 1) -> Path:
+    """A gallery as identify.py reads one: ``folder/<name>/<k>.jpg``, new images of each person's colour code."""
+    rng = np.random.default_rng(seed)
+    for name, code in people.items():
+        (folder / name).mkdir(parents=True)
+        for k in range(per_identity):
+            (folder / name / f"{k}.jpg").write_bytes(code_image(code, rng))
+    return folder
 
 
 def precision_recall(found: set, truth: set) -> tuple[float, float]:

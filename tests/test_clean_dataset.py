@@ -19,7 +19,7 @@ from facetrain.curation.similarity import similar_pairs
 from facetrain.data import RecordDataset
 from facetrain.errors import ModelError
 from tests.conftest import SMOKE
-from tests.curation_helpers import pooled_model, precision_recall, write_noisy_set
+from tests.curation_helpers import identity_code, pooled_model, precision_recall, write_gallery, write_noisy_set
 from tests.eval_helpers import edited_checkpoint, load_script, write_checkpoint
 
 
@@ -58,6 +58,29 @@ def test_identities_copied_from_the_evaluation_set_are_found(noisy):
     assert all(name.startswith("eval.bin#") for name in findings.evaluation_names)
     assert set(findings.flags["overlap"].tolist()) == {k for k, label in enumerate(truth.labels)
                                                        if label in truth.from_evaluation}
+
+
+def test_gallery_identities_that_are_training_identities_are_found(noisy, tmp_path):
+    """A gallery (identity folders of new images) of training identities 3, 4 (one person with 5) and 13, and of two
+    people not in training: exactly 3, 4, 5 and 13 overlap, each listed with the gallery identity it matches, and
+    --remove-overlap excludes their images."""
+    truth, options, _ = noisy
+    rng = np.random.default_rng(7)
+    people = {"alice": truth.codes[3], "bob": truth.codes[4], "carol": truth.codes[13], "dave": identity_code(rng),
+              "erin": identity_code(rng)}
+    gallery = write_gallery(tmp_path / "gallery", people)
+    expected = {3: "alice", 4: "bob", 5: "bob", 13: "carol"}
+    options = CleanOptions(**{**options.__dict__, "output": tmp_path / "clean", "eval_bins": [],
+                              "eval_galleries": [gallery], "remove_overlap": True})
+    findings = find_noise(options, pooled_model())
+    assert precision_recall(set(findings.overlap.identities.tolist()), set(expected)) == (1.0, 1.0)
+    report = write_outputs(findings, options)
+    assert {o["identity"]: o["evaluation"] for o in report["overlap"]} == {
+        identity: f"gallery:gallery/{name}" for identity, name in expected.items()}
+    assert "- identity 13 ~ gallery:gallery/carol: cosine" in (tmp_path / "clean" / "report.md").read_text()
+    samples = {k for k, label in enumerate(truth.labels) if label in expected}
+    excluded = {int(line) for line in (tmp_path / "clean" / "exclude.txt").read_text().splitlines()[1:]}
+    assert set(report["flagged"]["overlap"]) == samples and samples <= excluded
 
 
 def test_outputs_list_what_they_exclude_and_train_as_they_are(noisy, run_cli, tmp_path):
@@ -192,6 +215,18 @@ def test_bad_input_is_one_line_and_exit_2(photo_people, tmp_path, capsys, args, 
     assert load_script("clean_dataset").main(argv) == 2
     err = capsys.readouterr().err
     assert problem in err and err.count("\n") == 1
+
+
+def test_an_empty_or_missing_gallery_is_one_line_and_exit_2(photo_people, tmp_path, capsys):
+    """Checked before the feature pass; a gallery is evaluation data for --remove-overlap."""
+    (tmp_path / "empty").mkdir()
+    for folder, problem in ((tmp_path / "empty", "holds no identity folders"), (tmp_path / "none", "does not exist")):
+        argv = [str(photo_people / "people"), "--model", str(photo_people / "model.pt"), "--output", str(tmp_path / "o"),
+                "--eval-gallery", str(folder), "--remove-overlap"]
+        assert load_script("clean_dataset").main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"gallery folder {folder} {problem}" in err and err.count("\n") == 1
+        assert not (tmp_path / "o" / "features").exists()
 
 
 def test_a_missing_or_bad_model_is_named_first(photo_people, tmp_path, capsys):

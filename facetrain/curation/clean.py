@@ -20,6 +20,7 @@ from facetrain.curation.source import dataset_digest, open_training_set
 from facetrain.data.balanced import dataset_labels
 from facetrain.data.datasets import FaceDataset
 from facetrain.errors import ConfigError
+from facetrain.eval.galleries import identity_folders
 
 log = logging.getLogger("facetrain")
 DEFAULT_MERGE_COSINE = 0.4  # insightface's same-person rule for identity centres (its test-overlap threshold)
@@ -41,6 +42,7 @@ class CleanOptions:
     subcentres: bool = True  # use a sub-center checkpoint's dominant sub-centres for outliers
     eval_bins: list[Path] = field(default_factory=list)
     eval_pairs: list[tuple[Path, Path]] = field(default_factory=list)
+    eval_galleries: list[Path] = field(default_factory=list)  # identity folders, as identify.py's --gallery
     merge: bool = False  # apply the merges (in the new RecordIO)
     remove_overlap: bool = False
     rec: bool = False
@@ -51,6 +53,9 @@ class CleanOptions:
     cache: Optional[Path] = None  # default: <output>/features
     chunk: int = CHUNK
     progress: bool = False
+
+    def has_evaluation_data(self) -> bool:
+        return bool(self.eval_bins or self.eval_pairs or self.eval_galleries)
 
 
 @dataclass
@@ -86,8 +91,9 @@ def check_options(options: CleanOptions) -> None:
         raise ConfigError("--merge needs --rec", "merges relabel images: add --rec to write a merged RecordIO")
     if options.merge and not options.merges:
         raise ConfigError("--merge with --no-merges", "drop one of them")
-    if options.remove_overlap and not (options.eval_bins or options.eval_pairs):
-        raise ConfigError("--remove-overlap without evaluation data", "pass --eval-bin FILE or --eval-pairs LIST FOLDER")
+    if options.remove_overlap and not options.has_evaluation_data():
+        raise ConfigError("--remove-overlap without evaluation data",
+                          "pass --eval-bin FILE, --eval-pairs LIST FOLDER or --eval-gallery FOLDER")
 
 
 def find_noise(options: CleanOptions, model: Optional[CleaningModel] = None) -> Findings:
@@ -95,6 +101,7 @@ def find_noise(options: CleanOptions, model: Optional[CleaningModel] = None) -> 
     check_options(options)
     model = model or load_cleaning_model(options.model, options.device)  # the model first: a missing one is named first
     dataset = open_training_set(options.dataset)
+    galleries = [identity_folders(path, "gallery") for path in options.eval_galleries]  # checked before the pass
     labels = dataset_labels(dataset)
     classes = max(dataset.num_classes, int(labels.max()) + 1)
     if options.subcentres:
@@ -125,9 +132,10 @@ def find_noise(options: CleanOptions, model: Optional[CleaningModel] = None) -> 
     empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
     merge_pairs = similar_pairs(clean_centres, options.merge_cosine) if options.merges else empty
     overlap, names = None, []
-    if options.overlap and (options.eval_bins or options.eval_pairs):
-        evaluation = evaluation_images(options.eval_bins, options.eval_pairs, model.backbone, options.device,
-                                       options.flip, options.batch_size, options.workers)  # type: ignore[arg-type]
+    if options.overlap and options.has_evaluation_data():
+        evaluation = evaluation_images(options.eval_bins, options.eval_pairs, galleries, model.backbone, options.device,
+                                       options.flip, options.batch_size, options.workers,  # type: ignore[arg-type]
+                                       cache, model.sha256)
         overlap, names = find_overlap(clean_centres, present, evaluation, options.overlap_cosine), evaluation.names
         flags["overlap"] = np.flatnonzero(np.isin(labels, overlap.identities))
     return Findings(dataset, labels, model, features, clean_centres, cosine, method, flags, merge_pairs, overlap, names)

@@ -21,7 +21,7 @@ REASONS = {
     "duplicate_within": "the same pixels as another image of its identity (one copy kept)",
     "duplicate_across": "the same pixels as an image of another identity (the copy nearest its centre kept)",
     "outlier": "farther than the angle from its identity's centre",
-    "overlap": "its identity matches an evaluation image (excluded with --remove-overlap)",
+    "overlap": "its identity matches an evaluation image or gallery identity (excluded with --remove-overlap)",
 }
 
 
@@ -42,7 +42,7 @@ def report_dict(findings: Findings, options: CleanOptions, excluded: np.ndarray)
         "flagged": {reason: indices.tolist() for reason, indices in findings.flags.items()},
         "merge_pairs": [{"identities": [int(a), int(b)], "cosine": round(float(c), 4)} for a, b, c in zip(i, j, cos)],
         "overlap": [] if overlap is None else [
-            {"identity": int(a), "evaluation_image": findings.evaluation_names[int(b)], "cosine": round(float(c), 4)}
+            {"identity": int(a), "evaluation": findings.evaluation_names[int(b)], "cosine": round(float(c), 4)}
             for a, b, c in zip(overlap.identities, overlap.best_image, overlap.cosine)],
         "merged": options.merge, "overlap_removed": options.remove_overlap,
     }
@@ -61,9 +61,9 @@ def report_markdown(report: dict[str, Any]) -> str:
               f"Identities that look like one person: {len(report['merge_pairs'])} pairs"
               + (" (merged in rec/)" if report["merged"] else " (listed; --merge --rec merges them)") + "."]
     lines += [f"- {p['identities'][0]} and {p['identities'][1]}: cosine {p['cosine']}" for p in report["merge_pairs"][:50]]
-    lines += ["", f"Training identities that match evaluation images: {len(report['overlap'])}"
+    lines += ["", f"Training identities that match evaluation images or gallery identities: {len(report['overlap'])}"
               + (" (excluded)" if report["overlap_removed"] else " (listed; --remove-overlap excludes them)") + "."]
-    lines += [f"- identity {o['identity']} ~ {o['evaluation_image']}: cosine {o['cosine']}" for o in report["overlap"][:50]]
+    lines += [f"- identity {o['identity']} ~ {o['evaluation']}: cosine {o['cosine']}" for o in report["overlap"][:50]]
     return "\n".join(lines) + "\n"
 
 
