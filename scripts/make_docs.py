@@ -81,6 +81,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         unknown = sorted(set(parts) - set(PARTS))
         if unknown:
             raise FacetrainError(f"--only names {', '.join(unknown)}", f"choose from {', '.join(PARTS)}")
+        if args.quick and args.docs.resolve() == ROOT:
+            raise FacetrainError("--quick would write a tiny run's figures into the repository's pages",
+                                 "pass --docs with a copy of README.md and docs/")
         if args.seeds < 2:
             raise FacetrainError(f"--seeds {args.seeds} gives no spread", "pass --seeds 2 or more")
         torch.set_num_threads(1)  # the pictures' forward passes are tiny; training runs in its own processes

@@ -97,6 +97,11 @@ def test_a_block_is_replaced_between_its_markers_only():
     assert block_text(text, "sweep") == "old\nlines\n" and block_text(text, "finetune") is None
 
 
+def test_quick_figures_never_go_into_the_repository_pages(capsys):
+    assert make_docs().main(["--quick", "--only", "sweep"]) == 2
+    assert "--quick would write a tiny run's figures into the repository's pages" in capsys.readouterr().err
+
+
 def test_a_block_no_page_holds_is_refused(tmp_path):
     pages = copy_pages(tmp_path)
     with pytest.raises(FacetrainError, match="no page .* holds the generated block.* nope"):
