@@ -18,6 +18,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from facetrain.runs.failure import describe_error
+from facetrain.runs.run_dir import job_dirname
 from facetrain.cli import prepare_hydra
 from facetrain.config.plugins import SLURM_COMMANDS
 from facetrain.sweeps.sweep import job_labels, sweep_jobs
@@ -240,3 +241,15 @@ def test_the_slurm_launcher_without_slurm_is_one_line_naming_the_missing_command
         f"facetrain: error: hydra/launcher=submitit_slurm runs SLURM's {missing}, which this machine does not have "
         "(not on the PATH); run the sweep where SLURM is (a login node), or use hydra/launcher=submitit_local to run "
         "its jobs on this machine, or run without -m for a single run"]
+
+
+def test_a_job_directory_name_past_255_bytes_keeps_its_start_and_ends_in_a_hash():
+    """Many overrides made Hydra fail with 'File name too long': the name is cut to 255 bytes, the same job always
+    gets the same directory (a sweep run again finds its jobs) and two jobs differing only at the end never share one."""
+    short = job_dirname("run", "loss=arcface")
+    assert short == "run_loss=arcface"
+    overrides = ",".join(f"dataset.some_long_key_{i}=/data/é/{i}" for i in range(12))
+    long = job_dirname("run", overrides)
+    assert len(long.encode()) <= 255 and long.startswith("run_dataset.some_long_key_0=_data_é_0")
+    assert long == job_dirname("run", overrides) != job_dirname("run", overrides + "x")
+    assert "/" not in long

@@ -6,6 +6,7 @@ rank (the timestamp is decided once by rank 0 and shared through ``FACETRAIN_RUN
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import time
@@ -85,9 +86,20 @@ def sweep_dir(output_root: str, sweep_name: Optional[str]) -> str:
     return str(Path(output_root, "multirun", sweep_name or os.environ.get(STAMP_ENV) or new_run_stamp()))
 
 
+MAX_NAME_BYTES = 255  # a file name's limit on Linux, macOS and Windows file systems
+
+
 def job_dirname(name: str, override_dirname: str) -> str:
-    """A sweep job's directory name: the run's name and its overrides (``/`` in a value kept out of the path)."""
-    return f"{name}_{override_dirname}".rstrip("_").replace("/", "_")
+    """A sweep job's directory name: the run's name and its overrides (``/`` in a value kept out of the path).
+    A name past the file system's 255 bytes keeps its start and ends in a hash of the whole name, so the same
+    job (a sweep run again, a re-queued job) finds the same directory and two jobs never share one."""
+    dirname = f"{name}_{override_dirname}".rstrip("_").replace("/", "_")
+    encoded = dirname.encode()
+    if len(encoded) <= MAX_NAME_BYTES:
+        return dirname
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    start = encoded[:MAX_NAME_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{start}_{digest}"
 
 
 def launch_rank() -> int:
