@@ -19,7 +19,7 @@ from facetrain.heads import build_head
 from facetrain.runs.checkpoint import load_newest_valid
 from tests.dist_helpers import run_ranks
 from tests.test_resilience import scalars
-from tests.trainer_helpers import final_weights, make_trainer
+from tests.trainer_helpers import final_weights, make_trainer, next_tensorboard_second
 
 TEACHER_SIZE = 5
 
@@ -83,6 +83,7 @@ def test_resume_with_a_teacher_is_bit_identical_to_an_uninterrupted_run(tmp_path
     straight = make_trainer(tmp_path / "straight", total_steps=6, terms=distillation(tmp_path / "teacher"))
     straight.fit()  # 4 steps per epoch: the split falls mid-epoch
     make_trainer(tmp_path / "split", total_steps=3, checkpoint_every=3, terms=distillation(tmp_path / "teacher")).fit()
+    next_tensorboard_second()
     second = make_trainer(tmp_path / "split", total_steps=6, terms=distillation(tmp_path / "teacher"))
     second.load_state_dict(load_newest_valid(tmp_path / "split" / "checkpoints")[1])
     second.fit()

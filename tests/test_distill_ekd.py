@@ -192,11 +192,12 @@ def test_ekd_training_resumes_bit_identically_with_its_anchors(tmp_path):
     from tests.test_distill import tensors
     from tests.test_resilience import scalars
     from facetrain.runs.checkpoint import load_newest_valid
-    from tests.trainer_helpers import make_trainer
+    from tests.trainer_helpers import make_trainer, next_tensorboard_second
 
     straight = make_trainer(tmp_path / "straight", total_steps=6, terms=ekd_term(tmp_path / "teacher"))
     straight.fit()  # 4 steps per epoch: the split falls mid-epoch
     make_trainer(tmp_path / "split", total_steps=3, checkpoint_every=3, terms=ekd_term(tmp_path / "teacher")).fit()
+    next_tensorboard_second()
     state = load_newest_valid(tmp_path / "split" / "checkpoints")[1]
     assert state["terms"]["distill.loss.student_anchors"].abs().sum() > 0
     second = make_trainer(tmp_path / "split", total_steps=6, terms=ekd_term(tmp_path / "teacher"))

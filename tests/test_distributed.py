@@ -26,7 +26,7 @@ from facetrain.train import shards_head
 from tests.conftest import REPO, SMOKE, only_run_dir
 from tests.dist_helpers import run_ranks
 from tests.test_resilience import _composed, scalars
-from tests.trainer_helpers import CLASSES, final_weights, make_trainer
+from tests.trainer_helpers import CLASSES, final_weights, make_trainer, next_tensorboard_second
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -101,9 +101,7 @@ def test_resume_with_grad_accum_mid_epoch_is_bit_identical(tmp_path):
     straight.fit()
     first = make_trainer(tmp_path / "split", total_steps=5, grad_accum=2)
     first.fit()
-    # TensorBoard orders event files by name: time in seconds, then a per-process writer counter, compared as
-    # text (writer 10 sorts before writer 9); two writers of one process in one second could swap
-    time.sleep(1.01)
+    next_tensorboard_second()
     second = make_trainer(tmp_path / "split", total_steps=6, grad_accum=2)
     second.load_state_dict(load_newest_valid(tmp_path / "split" / "checkpoints")[1])
     assert (second.step, second.epoch, second.batch) == (5, 1, 2)  # batch counts micro-batches

@@ -1,6 +1,7 @@
 """A tiny model, dataset and Trainer laid out as ``train.py`` builds them, for in-process and gloo tests."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -78,3 +79,11 @@ def make_trainer(run_dir: Path, world_size: int = 1, rank: int = 0, total_steps:
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     state = load_newest_valid(run_dir / "checkpoints")[1]
     return {**{f"backbone.{k}": v for k, v in state["backbone"].items()}, **{f"head.{k}": v for k, v in state["head"].items()}}
+
+
+def next_tensorboard_second() -> None:
+    """Wait past the current second before another writer of this process opens a run's TensorBoard folder:
+    TensorBoard orders event files by name (time in seconds, then a per-process writer counter compared as text,
+    so writer 10 sorts before writer 9), and two writers of one process in one second could swap (a resume in
+    the same process; a resumed run of train.py is a new process, seconds later)."""
+    time.sleep(1.01)
