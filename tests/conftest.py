@@ -17,10 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke"]
 
 
+STARTS_RUNS = {"run_cli", "train_in_process"}  # fixtures that train or start train.py: tens of seconds a test
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The suite runs on every core (pytest-xdist, ``--dist loadgroup``): the tests of a module that share one
     of its module-scoped fixtures (a training run, a sweep, a trained model) go to one worker, so the fixture
-    is built once; the other tests spread over the workers one by one."""
+    is built once; the other tests spread over the workers one by one. The long tests are handed out first
+    (those marked ``long``, then those groups and the tests that train or start train.py), so that the workers
+    end together instead of one finishing a long test alone."""
     for item in items:
         definitions = getattr(item, "_fixtureinfo", None)
         shared = definitions is not None and any(
@@ -28,6 +33,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             for chain in definitions.name2fixturedefs.values())
         if shared:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: 0 if item.get_closest_marker("long") else  # stable: each part keeps its order
+               1 if item.get_closest_marker("xdist_group") or STARTS_RUNS & set(item.fixturenames) else 2)
 
 
 @pytest.fixture(autouse=True)

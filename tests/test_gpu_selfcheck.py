@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 SCRIPT = REPO / "scripts" / "gpu_selfcheck.py"
@@ -19,6 +21,7 @@ def _module(monkeypatch):
     return module
 
 
+@pytest.mark.long
 def test_selfcheck_on_the_cpu_trains_both_precisions_and_skips_what_needs_cuda(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "12", "--json", str(tmp_path / "rows.json")],
                             capture_output=True, text=True, timeout=600)

@@ -56,6 +56,7 @@ def restore_threads():
     torch.set_num_threads(threads)  # the script sets its own
 
 
+@pytest.mark.slow  # eleven train.py runs (quick start, fine-tuning over two seeds, a sweep): about 90 s of CPU
 def test_quick_run_rewrites_every_generated_block(tmp_path, restore_threads):
     pages = copy_pages(tmp_path / "pages")
     before = blocks_of(pages)

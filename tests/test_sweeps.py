@@ -116,6 +116,7 @@ def test_compare_runs_takes_the_sweep_folder(basic_sweep, tmp_path):
     assert rows[3].split()[0] == "loss=cosface" and output.is_file()
 
 
+@pytest.mark.long
 def test_an_optuna_sweep_names_its_best_trial(tmp_path):
     result = train(tmp_path, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=0",
                    "loss.m=interval(0.3,0.6)", *SHORT)
@@ -146,6 +147,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.long
 def test_a_preempted_submitit_job_saves_is_requeued_and_resumes(tmp_path):
     """A job of two processes (ranks from submitit, as from SLURM); SIGUSR1 (submitit's preemption signal as
     facetrain sets it) to one of them: both stop at one step with a checkpoint, submitit's checkpoint hook
