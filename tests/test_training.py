@@ -61,21 +61,21 @@ def test_short_run_per_backbone_family(train_in_process, backbone, one_thread):
         assert backbone_module(torch.zeros(2, 3, 112, 112)).shape == (2, 128)
 
 
-RESUME_ARGS = [*SMOKE, "scheduler=multistep", "scheduler.milestones=[0.5,1.5]", "eval.at_start=false",
+RESUME_ARGS = [*SMOKE, "scheduler=multistep", "scheduler.milestones=[0.25,0.75]", "eval.at_start=false",
                "checkpoint.every_steps=10", "checkpoint.keep_last=1"]
 
 
 def test_resume_is_bit_identical(train_in_process, tmp_path, one_thread):
-    """20 steps, then resumed to 40, equal to 40 straight (each run as train.py runs it; the same through new
+    """10 steps, then resumed to 20 (the lr drops at steps 5 and 15), equal to 20 straight (each run as train.py runs it; the same through new
     processes and a kill -9: tests/test_resilience.py)."""
     interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
-    train_in_process(*RESUME_ARGS, "trainer.max_steps=20", run_dir=interrupted)
-    train_in_process(*RESUME_ARGS, "trainer.max_steps=40", f"resume={interrupted}", run_dir=interrupted)
-    assert "(resuming at step 20)" in (interrupted / "train.log").read_text()
-    train_in_process(*RESUME_ARGS, "trainer.max_steps=40", run_dir=straight)
+    train_in_process(*RESUME_ARGS, "trainer.max_steps=10", run_dir=interrupted)
+    train_in_process(*RESUME_ARGS, "trainer.max_steps=20", f"resume={interrupted}", run_dir=interrupted)
+    assert "(resuming at step 10)" in (interrupted / "train.log").read_text()
+    train_in_process(*RESUME_ARGS, "trainer.max_steps=20", run_dir=straight)
 
-    a = torch.load(interrupted / "checkpoints" / "step_000000040.pt", weights_only=False)
-    b = torch.load(straight / "checkpoints" / "step_000000040.pt", weights_only=False)
+    a = torch.load(interrupted / "checkpoints" / "step_000000020.pt", weights_only=False)
+    b = torch.load(straight / "checkpoints" / "step_000000020.pt", weights_only=False)
     for part in ("backbone", "head"):
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
@@ -87,14 +87,14 @@ def test_resume_is_bit_identical(train_in_process, tmp_path, one_thread):
 def test_resume_honours_a_new_learning_rate_and_weight_decay(train_in_process, tmp_path, one_thread):
     """The optimizer state comes from the checkpoint, its hyperparameters from this command line: the
     lr continues the schedule from the new base lr (multistep: 0.1 ** 1 after the first milestone)."""
-    run_dir = train_in_process(*RESUME_ARGS, "trainer.max_steps=10", run_dir=tmp_path / "run")
-    assert train_in_process(*RESUME_ARGS, "trainer.max_steps=12", f"resume={run_dir}", "optimizer.lr=0.02",
+    run_dir = train_in_process(*RESUME_ARGS, "trainer.max_steps=6", run_dir=tmp_path / "run")
+    assert train_in_process(*RESUME_ARGS, "trainer.max_steps=8", f"resume={run_dir}", "optimizer.lr=0.02",
                             "optimizer.weight_decay=0.001") == run_dir
     log = (run_dir / "train.log").read_text()
     assert "resume: optimizer lr 0.1 -> 0.02" in log
     assert "resume: optimizer weight_decay 0.0005 -> 0.001" in log
-    state = torch.load(run_dir / "checkpoints" / "step_000000012.pt", weights_only=False)
-    group = state["optimizer"]["param_groups"][0]  # smoke: 160 images in batches of 8, milestones at steps 10 and 30
+    state = torch.load(run_dir / "checkpoints" / "step_000000008.pt", weights_only=False)
+    group = state["optimizer"]["param_groups"][0]  # smoke: 160 images in batches of 8, milestones at steps 5 and 15
     assert group["initial_lr"] == 0.02 and group["weight_decay"] == 0.001
     assert group["lr"] == pytest.approx(0.02 * 0.1)
     assert state["scheduler"]["base_lrs"] == [0.02]
