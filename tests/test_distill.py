@@ -19,7 +19,7 @@ from facetrain.heads import build_head
 from facetrain.runs.checkpoint import load_newest_valid
 from tests.dist_helpers import run_ranks
 from tests.test_resilience import scalars
-from tests.trainer_helpers import final_weights, make_trainer, next_tensorboard_second
+from tests.trainer_helpers import assert_final_weights_close, final_weights, make_trainer, next_tensorboard_second
 
 TEACHER_SIZE = 5
 
@@ -130,8 +130,7 @@ def test_ddp_with_a_teacher_on_every_rank_reproduces_one_process(tmp_path):
     projection = one.model.terms["distill"].loss.projection.weight.detach()
     for name, options in (("sharded", {}), ("data_parallel_head", {"sharded": False})):
         run_ranks(tmp_path, 2, _train_worker, tmp_path / name, options)
-        for key, value in final_weights(tmp_path / name).items():
-            torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-4, msg=lambda m: f"{name} {key}: {m}")
+        assert_final_weights_close(tmp_path / name, expected, name)
         state = load_newest_valid(tmp_path / name / "checkpoints")[1]
         torch.testing.assert_close(state["terms"]["distill.loss.projection.weight"], projection, rtol=1e-4, atol=1e-4)
     # beside the split head, the logged term is the global batch's, as that head's loss is

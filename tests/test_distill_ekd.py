@@ -219,7 +219,7 @@ def test_ekd_training_on_two_ranks_reproduces_one_process(tmp_path):
     sums): the weights, the anchors and the logged term are those of one process on the whole batch."""
     from tests.test_resilience import scalars
     from facetrain.runs.checkpoint import load_newest_valid
-    from tests.trainer_helpers import final_weights, make_trainer
+    from tests.trainer_helpers import assert_final_weights_close, final_weights, make_trainer
 
     one = make_trainer(tmp_path / "one", sharded=False, terms=ekd_term(tmp_path / "teacher"))
     one.fit()
@@ -229,8 +229,7 @@ def test_ekd_training_on_two_ranks_reproduces_one_process(tmp_path):
     assert any(not torch.allclose(v, expected[k], rtol=1e-4, atol=1e-4) for k, v in final_weights(tmp_path / "alone").items())
     for name, options in (("sharded", {}), ("data_parallel_head", {"sharded": False})):
         run_ranks(tmp_path, 2, _ekd_train_worker, tmp_path / name, options)
-        for key, value in final_weights(tmp_path / name).items():
-            torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-4, msg=lambda m: f"{name} {key}: {m}")
+        assert_final_weights_close(tmp_path / name, expected, name)
         state = load_newest_valid(tmp_path / name / "checkpoints")[1]
         torch.testing.assert_close(state["terms"]["distill.loss.student_anchors"], anchors, rtol=1e-5, atol=1e-6)
         assert [v for _, v in scalars(tmp_path / name, "train/distill_loss")] == pytest.approx(

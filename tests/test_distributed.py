@@ -26,7 +26,7 @@ from facetrain.train import shards_head
 from tests.conftest import REPO, SMOKE, only_run_dir
 from tests.dist_helpers import run_ranks
 from tests.test_resilience import _composed, scalars
-from tests.trainer_helpers import CLASSES, final_weights, make_trainer, next_tensorboard_second
+from tests.trainer_helpers import CLASSES, assert_final_weights_close, final_weights, make_trainer, next_tensorboard_second
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -49,8 +49,7 @@ def test_ddp_with_sync_bn_and_a_sharded_head_reproduces_one_process(tmp_path):
     assert len(expected) == 6 and expected[-1] < expected[0]
     for name, options in (("sharded", {}), ("data_parallel_head", {"sharded": False})):
         run_ranks(tmp_path, 2, _train_worker, tmp_path / name, options)
-        for key, value in final_weights(tmp_path / name).items():
-            torch.testing.assert_close(value, weights[key], rtol=1e-4, atol=1e-4, msg=lambda m: f"{name} {key}: {m}")
+        assert_final_weights_close(tmp_path / name, weights, name)
     # the sharded head's loss is the global batch's (a data-parallel head logs rank 0's half)
     assert losses(tmp_path / "sharded") == pytest.approx(expected, abs=1e-4)
     # without synchronised batch norm each rank normalises its own half, and the curve differs

@@ -81,6 +81,12 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return {**{f"backbone.{k}": v for k, v in state["backbone"].items()}, **{f"head.{k}": v for k, v in state["head"].items()}}
 
 
+def assert_final_weights_close(run_dir: Path, expected: dict[str, torch.Tensor], label: str) -> None:
+    """The run's final backbone and head weights equal ``expected`` (:func:`final_weights` of another run) to 1e-4."""
+    for key, value in final_weights(run_dir).items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-4, msg=lambda m: f"{label} {key}: {m}")
+
+
 def next_tensorboard_second() -> None:
     """Wait past the current second before another writer of this process opens a run's TensorBoard folder:
     TensorBoard orders event files by name (time in seconds, then a per-process writer counter compared as text,
