@@ -1,14 +1,16 @@
 """Re-make every figure of README.md and docs/ and write it into the page's generated block, stamped with the
 machine and date.
 
-    nice -n 10 python scripts/make_docs.py                  # everything (about an hour on 2 CPU cores)
+    nice -n 10 python scripts/make_docs.py                  # everything (about two hours on 2 CPU cores)
     python scripts/make_docs.py --only sweep,heads          # some blocks
     python scripts/make_docs.py --quick --docs /tmp/copy    # tiny runs: checks the machinery, not the figures
 
 Blocks: ``quickstart`` (README.md: ``python train.py``), ``finetune`` (docs/weights.md, with
 ``finetune_synthetic.png``: fine-tuning against training from scratch over ``--seeds`` seeds), ``sweep``
 (docs/sweeps.md: the three-head smoke sweep) and ``heads`` (docs/heads.md: ``target_logits.png``,
-``angular_margins.png``, ``x2softmax_margin.png`` and X2-Softmax's margins). Training runs are started as
+``angular_margins.png``, ``x2softmax_margin.png`` and X2-Softmax's margins) and ``distill`` (README.md, with
+``docs/distillation.png``: an IResNet-18 teacher, a small MobileFaceNet student without a teacher and with each
+distillation loss over ``--distill-seeds`` seeds). Training runs are started as
 ``python train.py ...`` in a new folder under ``--work`` (their data generated there too); fine-tuning starts
 from the quick start's run. ``--quick`` trains a few steps on a tiny set: its pages are for tests, not for
 committing.
@@ -23,18 +25,20 @@ from typing import Optional
 import torch
 
 from facetrain.cli import run_script, script_parser
-from facetrain.docs_figures import finetune, heads_page, quickstart, sweep_example
+from facetrain.docs_figures import distill, finetune, heads_page, quickstart, sweep_example
 from facetrain.docs_figures.pages import stamp, write_blocks
 from facetrain.errors import FacetrainError
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("quickstart", "finetune", "sweep", "heads")
+PARTS = ("quickstart", "finetune", "sweep", "heads", "distill")
 
 
 def make(parts: list[str], docs: Path, work: Path, seeds: list[int], quick: bool, finetune_epochs: int,
-         pretrained: Optional[Path] = None) -> list[Path]:
+         pretrained: Optional[Path] = None, distill_seeds: tuple[int, ...] = (0,),
+         teacher: Optional[Path] = None) -> list[Path]:
     """Measure ``parts`` (figures drawn into ``docs/docs``) and write each part's blocks as soon as it is done;
-    fine-tuning starts from ``pretrained`` (a quick-start run) where given. Returns the pages rewritten."""
+    fine-tuning starts from ``pretrained`` (a quick-start run) and the students learn from ``teacher`` (a run
+    directory) where given. Returns the pages rewritten."""
     work.mkdir(parents=True)
     now = stamp()
     written: set[Path] = set()
@@ -58,6 +62,10 @@ def make(parts: list[str], docs: Path, work: Path, seeds: list[int], quick: bool
             tuned = finetune.measure(work, start.run_dir, seeds, quick, finetune_epochs)
             finetune.picture(tuned, docs / "docs" / "finetune_synthetic.png")
             write({"finetune": finetune.block(tuned, now, quickstart.describe(start))})
+    if "distill" in parts:
+        distilled = distill.measure(work / "distill", list(distill_seeds), quick, teacher)
+        distill.picture(distilled, docs / "docs" / "distillation.png")
+        write({"distill": distill.block(distilled, now)})
     return sorted(written)
 
 
@@ -73,6 +81,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--pretrained", type=Path, default=None,
                         help="with --only finetune: fine-tune this quick-start run (outputs/.../mbf_arcface_synthetic/"
                              "<run>) instead of training one")
+    parser.add_argument("--distill-seeds", type=int, default=1, help="seeds of each distillation student")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="with --only distill: the students learn from this run (outputs/distill_teacher/<run>, "
+                             "trained as make_docs trains it) instead of a new one")
     parser.add_argument("--quick", action="store_true", help="a few steps on a tiny set (tests the machinery)")
     args = parser.parse_args(argv)
     parts = [part for part in args.only.split(",") if part]
@@ -86,9 +98,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  "pass --docs with a copy of README.md and docs/")
         if args.seeds < 2:
             raise FacetrainError(f"--seeds {args.seeds} gives no spread", "pass --seeds 2 or more")
+        if args.distill_seeds < 1:
+            raise FacetrainError(f"--distill-seeds {args.distill_seeds} trains no student", "pass --distill-seeds 1 or more")
         torch.set_num_threads(1)  # the pictures' forward passes are tiny; training runs in its own processes
         folder = args.work / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        make(parts, args.docs, folder, list(range(args.seeds)), args.quick, args.finetune_epochs, args.pretrained)
+        make(parts, args.docs, folder, list(range(args.seeds)), args.quick, args.finetune_epochs, args.pretrained,
+             tuple(range(args.distill_seeds)), args.teacher)
 
     return run_script("make_docs", work)
 

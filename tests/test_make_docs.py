@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from facetrain.docs_figures import distill
 from facetrain.docs_figures.pages import block_text, replace_block, write_blocks
 from facetrain.errors import FacetrainError
+from facetrain.sweeps.compare import Run
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCKS = ("quickstart", "finetune", "sweep", "x2softmax_margin", "head_pictures")
+BLOCKS = ("quickstart", "finetune", "sweep", "x2softmax_margin", "head_pictures", "distill")
 
 
 def make_docs():
@@ -56,7 +58,7 @@ def restore_threads():
     torch.set_num_threads(threads)  # the script sets its own
 
 
-@pytest.mark.slow  # eleven train.py runs (quick start, fine-tuning over two seeds, a sweep): about 90 s of CPU
+@pytest.mark.slow  # 18 train.py runs (quick start, fine-tuning over two seeds, a sweep, a teacher, 6 students): ~3 min CPU
 def test_quick_run_rewrites_every_generated_block(tmp_path, restore_threads):
     pages = copy_pages(tmp_path / "pages")
     before = blocks_of(pages)
@@ -90,6 +92,13 @@ def test_quick_run_rewrites_every_generated_block(tmp_path, restore_threads):
         for picture in re.findall(r"\]\(([\w.]+\.png)\)", after[block]):
             assert (page / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
     assert len(re.findall(r"\.png\)", after["head_pictures"])) == 3
+    distilled = table_rows(after["distill"])
+    assert [row.split("|")[1].strip() for row in distilled] == [f"`distill={loss}`" for loss in
+                                                                  ("none", "feature", "mse", "kl", "rkd", "ekd")]
+    assert [row.split("|")[2].strip() for row in distilled] == ["-", *["features (.npy)"] * 2, "checkpoint",
+                                                                  *["features (.npy)"] * 2]
+    assert all(re.search(r"\| \d\.\d{3} \+- \d\.\d{3} \| \d\.\d{3} \|", row) for row in distilled)
+    assert (pages / "docs" / "distillation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_block_is_replaced_between_its_markers_only():
@@ -107,3 +116,38 @@ def test_a_block_no_page_holds_is_refused(tmp_path):
     pages = copy_pages(tmp_path)
     with pytest.raises(FacetrainError, match="no page .* holds the generated block.* nope"):
         write_blocks(pages, {"sweep": "x", "nope": "y"})
+
+
+def _run(label: str, accuracy: float, std: float = 0.02) -> Run:
+    return Run(label, {"step": 300, "val": {"synthetic_val": {"accuracy": accuracy, "std": std}}, "best": {}},
+               {"synthetic_val": [(0, 0.75), (300, accuracy)]})
+
+
+def _distillation(finals: dict[str, list[float]]) -> distill.Distillation:
+    students = {loss: distill.Student(loss, [_run(loss, value) for value in values], [40.0] * len(values))
+                for loss, values in finals.items()}
+    return distill.Distillation(_run("teacher", 0.95), 8.0, ("backbone=r18", "name=distill_teacher"),
+                                ("backbone=mbf", "distill=none", "seed=0"), students,
+                                list(range(len(finals["none"]))), 300, 1000, 200, 30)
+
+
+def test_the_distillation_table_gives_each_loss_its_change_over_no_teacher_seed_by_seed(tmp_path):
+    finals = {"none": [0.80, 0.84], "feature": [0.83, 0.85], "mse": [0.79, 0.80], "kl": [0.80, 0.84],
+              "rkd": [0.81, 0.86], "ekd": [0.82, 0.82]}
+    text = distill.block(_distillation(finals), "Measured on X")
+    rows = {row.split("|")[1].strip(): [cell.strip() for cell in row.split("|")[2:-1]] for row in table_rows(text)}
+    assert rows["`distill=none`"] == ["-", "0.820 +- 0.028", "0.800 / 0.840", "", "40"]
+    assert rows["`distill=feature`"] == ["features (.npy)", "0.840 +- 0.014", "0.830 / 0.850", "+2.0 +- 1.4", "40"]
+    assert rows["`distill=mse`"][3] == "-2.5 +- 2.1" and rows["`distill=kl`"][:1] == ["checkpoint"]
+    flat = text.replace("\n", " ")
+    assert "`distill=feature`'s (+2.0 points)" in flat and "standard deviation over the seeds" in flat
+    assert "`backbone=r18`" in flat and "`backbone=mbf`" in flat and "seed=0" not in flat  # where and what varies: left out
+    distill.picture(_distillation(finals), tmp_path / "distillation.png")
+    assert (tmp_path / "distillation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_seed_shows_the_folds_spread_and_says_when_no_loss_helped():
+    finals = {loss: [0.80] for loss in ("none", "feature", "mse", "kl", "rkd", "ekd")}
+    text = distill.block(_distillation(finals), "Measured on X").replace("\n", " ")
+    assert "0.800 +- 0.020" in text and "over the 10 folds" in text
+    assert "No loss raised the mean accuracy over `distill=none`" in text

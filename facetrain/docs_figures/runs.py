@@ -31,10 +31,16 @@ class Launched:
 
 def train(work: Path, label: str, overrides: list[str], multirun: bool = False) -> Launched:
     """Run ``python train.py [-m] overrides`` in ``work`` (its output in ``<work>/logs/<label>.log``)."""
+    return script(work, label, "train.py", [*(["-m"] if multirun else []), *overrides, "output_root=outputs",
+                                            "trainer.progress_bar=false"])
+
+
+def script(work: Path, label: str, name: str, arguments: list[str]) -> Launched:
+    """Run ``python <name> arguments`` (a script of the repository) in ``work``, its output in
+    ``<work>/logs/<label>.log``."""
     (work / "logs").mkdir(parents=True, exist_ok=True)
     log = work / "logs" / f"{label}.log"
-    command = [sys.executable, str(REPO / "train.py"), *(["-m"] if multirun else []), *overrides,
-               "output_root=outputs", "trainer.progress_bar=false"]
+    command = [sys.executable, str(REPO / name), *arguments]
     env = {**os.environ, "FACETRAIN_CACHE": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     with open(log, "w") as out:

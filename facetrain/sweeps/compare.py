@@ -26,20 +26,23 @@ class Run:
         return list(dict.fromkeys([*self.metrics.get("val", {}), *self.metrics.get("best", {})]))
 
 
-def read_curves(run_dir: Path) -> dict[str, Curve]:
-    """The training loss and each target's accuracy as TensorBoard shows them (purged steps hidden)."""
+def read_scalars(run_dir: Path) -> dict[str, Curve]:
+    """Every scalar tag of the run's TensorBoard files, as TensorBoard shows it (purged steps hidden)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})  # 0: keep every point
     events.Reload()
-    tags = events.Tags()["scalars"]
-    curves = {}
-    if LOSS_TAG in tags:
-        curves["loss"] = [(e.step, e.value) for e in events.Scalars(LOSS_TAG)]
-    for tag in tags:
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def read_curves(run_dir: Path) -> dict[str, Curve]:
+    """The training loss and each target's accuracy as TensorBoard shows them (purged steps hidden)."""
+    scalars = read_scalars(run_dir)
+    curves = {"loss": scalars[LOSS_TAG]} if LOSS_TAG in scalars else {}
+    for tag, curve in scalars.items():
         parts = tag.split("/")
         if len(parts) == 3 and tag == accuracy_tag(parts[1]):
-            curves[parts[1]] = [(e.step, e.value) for e in events.Scalars(tag)]
+            curves[parts[1]] = curve
     return curves
 
 

@@ -1,0 +1,195 @@
+"""What distillation buys (README.md, block ``distill``, with ``docs/distillation.png``): an IResNet-18 teacher
+trained on the synthetic identities, then a small MobileFaceNet student trained on the same data without a teacher
+and with each distillation loss, same config, steps and seeds."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from facetrain.docs_figures.runs import QUICK_DATA, mean_std, only_run, run_config, script, train  # noqa: E402
+from facetrain.sweeps.compare import Run, load_run, read_scalars  # noqa: E402
+
+TEACHER = ("backbone=r18", "trainer.batch_size=64", "trainer.max_steps=250", "eval.every_steps=50",
+           "trainer.log_every=10")
+# the student of docs/noisy_data.md, its embedding 128-d (the teacher's is 512-d: feature and mse learn a projection);
+# no flip, so the teacher's features extracted once are exactly what the teacher would say of each batch
+SMALL_MBF = ("backbone=mbf", "backbone.blocks=[1,1,1,1]", "embedding_size=128", "trainer.hflip=0")
+STUDENT = (*SMALL_MBF, "trainer.batch_size=32", "trainer.max_steps=300", "eval.every_steps=50", "trainer.log_every=10")
+QUICK = (*QUICK_DATA, "trainer.max_steps=2", "eval.every_steps=2")
+LOSSES = ("none", "feature", "mse", "kl", "rkd", "ekd")
+NEEDS_HEAD = {"kl"}  # compares logits: the teacher runs beside the student (its checkpoint), not from features
+
+
+@dataclass
+class Student:
+    loss: str
+    runs: list[Run]  # one per seed
+    images_per_s: list[float]  # per seed: the median of the logged intervals' throughput
+
+    def final(self) -> list[float]:
+        return [run.metrics["val"][run.targets[0]]["accuracy"] for run in self.runs]
+
+    def fold_std(self) -> list[float]:
+        return [run.metrics["val"][run.targets[0]]["std"] for run in self.runs]
+
+
+@dataclass
+class Distillation:
+    teacher: Run
+    teacher_images_per_s: float
+    teacher_overrides: tuple[str, ...]
+    student_overrides: tuple[str, ...]
+    students: dict[str, Student]
+    seeds: list[int]
+    steps: int
+    pairs: int
+    classes: int
+    images_per_class: int
+
+
+def _images_per_s(run_dir: Path) -> float:
+    return statistics.median(value for _, value in read_scalars(run_dir)["train/throughput"])
+
+
+def _overrides(run_dir: Path) -> tuple[str, ...]:
+    """The command-line overrides a run was started with (Hydra's ``.hydra/overrides.yaml``)."""
+    return tuple(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
+
+
+def measure(work: Path, seeds: list[int], quick: bool, teacher: Optional[Path] = None) -> Distillation:
+    """Train the teacher (unless ``teacher``, a run directory, is given), then a student per loss and seed; the
+    teacher's features of the training set are extracted once, after the first run has generated the data.
+    ``quick``: a few steps on a tiny set."""
+    data = work / "synthetic"  # every student's dataset.root: the folder extract_features reads
+    if teacher is None:
+        train(work, "distill_teacher", [*(("backbone=r18", *QUICK) if quick else TEACHER), f"dataset.root={data}",
+                                        "name=distill_teacher"])
+        teacher = only_run(work, "distill_teacher")
+    features = work / "teacher.npy"
+    for loss in LOSSES:
+        for seed in seeds:
+            if loss != "none" and loss not in NEEDS_HEAD and not features.exists():
+                script(work, "extract_features", "scripts/extract_features.py",
+                       [str(teacher), "--dataset", str(data), "--output", str(features), "--flip", "none",
+                        "--no-progress", "--workers", "1"])
+            source = [] if loss == "none" else [f"distill.teacher={teacher if loss in NEEDS_HEAD else features}"]
+            train(work, _name(loss, seed), [*((*SMALL_MBF, *QUICK) if quick else STUDENT), f"dataset.root={data}",
+                                            f"distill={loss}", *source, f"seed={seed}", f"name={_name(loss, seed)}"])
+    return read(work, seeds, teacher)
+
+
+def _name(loss: str, seed: int) -> str:
+    return f"distill_{loss}_seed{seed}"
+
+
+def read(work: Path, seeds: list[int], teacher: Path) -> Distillation:
+    """The figures of the teacher's run and of the students :func:`measure` trained in ``work``."""
+    students = {}
+    for loss in LOSSES:
+        run_dirs = [only_run(work, _name(loss, seed)) for seed in seeds]
+        students[loss] = Student(loss, [load_run(run_dir, loss) for run_dir in run_dirs],
+                                 [_images_per_s(run_dir) for run_dir in run_dirs])
+    first = only_run(work, _name("none", seeds[0]))
+    config = run_config(first)
+    return Distillation(load_run(teacher, "teacher"), _images_per_s(teacher), _overrides(teacher), _overrides(first),
+                        students, seeds, students["none"].runs[0].metrics["step"], config.dataset.val_pairs,
+                        config.dataset.num_classes, config.dataset.images_per_class)
+
+
+def _points(values: list[float]) -> str:
+    mean, std = mean_std([100 * value for value in values])
+    return f"{mean:+.1f}" + (f" +- {std:.1f}" if len(values) > 1 else "")
+
+
+def _final(student: Student) -> str:
+    """Mean +- the spread: over the seeds, or over the 10 folds of the one seed."""
+    mean, std = mean_std(student.final())
+    return f"{mean:.3f} +- {std if len(student.runs) > 1 else student.fold_std()[0]:.3f}"
+
+
+def _overrides_text(overrides: tuple[str, ...]) -> str:
+    """The overrides that shape the run (not where it writes or reads, its console, or what the table varies)."""
+    where = ("dataset.root=", "name=", "output_root=", "trainer.progress_bar=", "distill=", "seed=")
+    return " ".join(o for o in overrides if not o.startswith(where))
+
+
+def block(figures: Distillation, stamp: str) -> str:
+    """The README's table and the words around it."""
+    f, none = figures, figures.students["none"]
+    teacher_accuracy = f.teacher.metrics["val"][f.teacher.targets[0]]
+    spread = "standard deviation over the seeds" if len(f.seeds) > 1 else "standard deviation over the 10 folds"
+    rows = []
+    for loss, student in f.students.items():
+        gains = [a - b for a, b in zip(student.final(), none.final())]
+        source = "-" if loss == "none" else "checkpoint" if loss in NEEDS_HEAD else "features (.npy)"
+        rows.append(f"| `distill={loss}` | {source} | {_final(student)} | "
+                    f"{' / '.join(f'{v:.3f}' for v in student.final())} | "
+                    f"{'' if loss == 'none' else _points(gains)} | {statistics.fmean(student.images_per_s):.0f} |")
+    gain = {loss: statistics.fmean(s.final()) - statistics.fmean(none.final()) for loss, s in f.students.items()
+            if loss != "none"}
+    best = max(gain, key=gain.get)
+    verdict = (f"The largest mean change is `distill={best}`'s ({100 * gain[best]:+.1f} points)" if gain[best] > 0
+               else "No loss raised the mean accuracy over `distill=none`")
+    lines = [
+        f"{stamp}. Teacher: trained here on the {f.classes} synthetic identities x "
+        f"{f.images_per_class} images (`{_overrides_text(f.teacher_overrides)}`, "
+        f"{f.teacher.metrics['step']} steps, {f.teacher_images_per_s:.1f} images/s): {teacher_accuracy['accuracy']:.3f} +- {teacher_accuracy['std']:.3f} on "
+        f"{f.pairs:,} verification pairs of held-out identities. Student: MobileFaceNet with one block a stage and a "
+        f"128-d embedding (the teacher's is 512-d: `feature` and `mse` learn the projection), ArcFace, "
+        f"`{_overrides_text(f.student_overrides)}`, seed{'s' if len(f.seeds) > 1 else ''} "
+        f"{', '.join(map(str, f.seeds))}; every row the same config, steps and seeds, only `distill=` differs "
+        f"(each loss's defaults, weight 1). Accuracy at step {f.steps}, mean +- {spread}; the change is over "
+        f"`distill=none`, in points, seed by seed; images/s of the whole training step (teacher included):",
+        "",
+        f"| student | teacher from | accuracy at step {f.steps} | per seed | change (points) | images/s |",
+        "|---|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "![verification accuracy of the students against the step, and the teacher's](docs/distillation.png)",
+        "",
+        f"`feature`, `mse`, `rkd` and `ekd` read the teacher's features extracted once "
+        f"(`scripts/extract_features.py --dataset`): with no flip and no augmentation they are the teacher's output "
+        f"for the very batch. `kl` needs the teacher's head and runs its checkpoint beside the student, hence its "
+        f"cost. {verdict}; a change smaller than the spread is not established by these runs. Minutes of CPU "
+        f"training on synthetic faces show the mechanics and the relative cost, not what each loss is worth on "
+        f"MS1Mv3 (TFace's figures in [Distillation](docs/distillation.md)).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def picture(figures: Distillation, path: Path) -> Path:
+    """Each student's accuracy against the step (mean over the seeds) with the teacher's final accuracy, and
+    each student's final accuracy with its spread."""
+    fig, (curves, finals) = plt.subplots(1, 2, figsize=(11, 4))
+    target = figures.teacher.targets[0]
+    for i, (loss, student) in enumerate(figures.students.items()):
+        points = [run.curves[target] for run in student.runs]
+        steps = [step for step, _ in points[0]]
+        values = np.array([[value for _, value in curve] for curve in points])
+        colour = plt.get_cmap("tab10")(i)
+        curves.plot(steps, values.mean(axis=0), color=colour, label=loss)
+        mean, std = mean_std(student.final())
+        finals.errorbar(i, mean, yerr=std if len(student.runs) > 1 else student.fold_std()[0], color=colour,
+                        marker="o", capsize=4)
+    teacher = figures.teacher.metrics["val"][target]["accuracy"]
+    for ax in (curves, finals):
+        ax.axhline(teacher, color="black", linestyle="--", linewidth=1, label="teacher")
+    curves.set(xlabel="step", ylabel="verification accuracy", title=f"students on {figures.pairs:,} pairs")
+    curves.legend(fontsize=8, loc="lower right")
+    finals.set_xticks(range(len(figures.students)), [f"distill={loss}" for loss in figures.students], rotation=20,
+                      fontsize=8)
+    finals.set(ylabel="accuracy", title=f"at step {figures.steps} (bars: the spread)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
