@@ -1,7 +1,7 @@
 """Re-make every figure of README.md and docs/ and write it into the page's generated block, stamped with the
 machine and date.
 
-    nice -n 10 python scripts/make_docs.py                  # everything (about two hours on 2 CPU cores)
+    nice -n 10 python scripts/make_docs.py                  # everything (about three hours on 2 CPU cores)
     python scripts/make_docs.py --only sweep,heads          # some blocks
     python scripts/make_docs.py --quick --docs /tmp/copy    # tiny runs: checks the machinery, not the figures
 
@@ -81,7 +81,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--pretrained", type=Path, default=None,
                         help="with --only finetune: fine-tune this quick-start run (outputs/.../mbf_arcface_synthetic/"
                              "<run>) instead of training one")
-    parser.add_argument("--distill-seeds", type=int, default=1, help="seeds of each distillation student")
+    parser.add_argument("--distill-seeds", type=int, default=3, help="seeds of each distillation student")
     parser.add_argument("--teacher", type=Path, default=None,
                         help="with --only distill: the students learn from this run (outputs/distill_teacher/<run>, "
                              "trained as make_docs trains it) instead of a new one")

@@ -67,7 +67,8 @@ def test_quick_run_rewrites_every_generated_block(tmp_path, restore_threads):
         page = next(p for p in [pages / "README.md", *(pages / "docs").glob("*.md")] if block_text(p.read_text(), name) is not None)
         page.write_text(replace_block(page.read_text(), name, "STALE"))
 
-    assert make_docs().main(["--quick", "--docs", str(pages), "--work", str(tmp_path / "work"), "--seeds", "2"]) == 0
+    assert make_docs().main(["--quick", "--docs", str(pages), "--work", str(tmp_path / "work"), "--seeds", "2",
+                             "--distill-seeds", "1"]) == 0
 
     after = blocks_of(pages)
     today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
@@ -128,19 +129,22 @@ def _distillation(finals: dict[str, list[float]]) -> distill.Distillation:
                 for loss, values in finals.items()}
     return distill.Distillation(_run("teacher", 0.95), 8.0, ("backbone=r18", "name=distill_teacher"),
                                 ("backbone=mbf", "distill=none", "seed=0"), students,
-                                list(range(len(finals["none"]))), 300, 1000, 200, 30)
+                                list(range(len(finals["none"]))), 300, 1000, 200, 30, 32)
 
 
 def test_the_distillation_table_gives_each_loss_its_change_over_no_teacher_seed_by_seed(tmp_path):
-    finals = {"none": [0.80, 0.84], "feature": [0.83, 0.85], "mse": [0.79, 0.80], "kl": [0.80, 0.84],
-              "rkd": [0.81, 0.86], "ekd": [0.82, 0.82]}
+    finals = {"none": [0.80, 0.84, 0.82], "feature": [0.83, 0.86, 0.85], "mse": [0.79, 0.85, 0.80],
+              "kl": [0.80, 0.84, 0.82], "rkd": [0.81, 0.86, 0.83], "ekd": [0.84, 0.82, 0.82]}
     text = distill.block(_distillation(finals), "Measured on X")
     rows = {row.split("|")[1].strip(): [cell.strip() for cell in row.split("|")[2:-1]] for row in table_rows(text)}
-    assert rows["`distill=none`"] == ["-", "0.820 +- 0.028", "0.800 / 0.840", "", "40"]
-    assert rows["`distill=feature`"] == ["features (.npy)", "0.840 +- 0.014", "0.830 / 0.850", "+2.0 +- 1.4", "40"]
-    assert rows["`distill=mse`"][3] == "-2.5 +- 2.1" and rows["`distill=kl`"][:1] == ["checkpoint"]
+    assert rows["`distill=none`"] == ["-", "0.820 +- 0.020", "0.800 / 0.840 / 0.820", "", "", "40"]
+    assert rows["`distill=feature`"] == ["features (.npy)", "0.847 +- 0.015", "0.830 / 0.860 / 0.850", "+2.7 +- 0.6",
+                                         "yes", "40"]
+    assert rows["`distill=mse`"][3:5] == ["-0.7 +- 1.5", "no"] and rows["`distill=rkd`"][3:5] == ["+1.3 +- 0.6", "yes"]
+    assert rows["`distill=ekd`"][3:5] == ["+0.7 +- 3.1", "no"] and rows["`distill=kl`"][0] == "checkpoint"
     flat = text.replace("\n", " ")
-    assert "`distill=feature`'s (+2.0 points)" in flat and "standard deviation over the seeds" in flat
+    assert "`distill=feature`'s (+2.7 +- 0.6 points, more than twice its standard error from 0)" in flat
+    assert "standard deviation over the seeds" in flat and "(32 images of 200 identities" in flat
     assert "`backbone=r18`" in flat and "`backbone=mbf`" in flat and "seed=0" not in flat  # where and what varies: left out
     distill.picture(_distillation(finals), tmp_path / "distillation.png")
     assert (tmp_path / "distillation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -149,5 +153,5 @@ def test_the_distillation_table_gives_each_loss_its_change_over_no_teacher_seed_
 def test_one_seed_shows_the_folds_spread_and_says_when_no_loss_helped():
     finals = {loss: [0.80] for loss in ("none", "feature", "mse", "kl", "rkd", "ekd")}
     text = distill.block(_distillation(finals), "Measured on X").replace("\n", " ")
-    assert "0.800 +- 0.020" in text and "over the 10 folds" in text
+    assert "0.800 +- 0.020" in text and "over the 10 folds" in text and "| +0.0 | - |" in text  # one seed: not judged
     assert "No loss raised the mean accuracy over `distill=none`" in text

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from facetrain.docs_figures.runs import QUICK_DATA, mean_std, only_run, run_config, script, train  # noqa: E402
+from facetrain.docs_figures.runs import (QUICK_DATA, established, mean_std, only_run, points, run_config,  # noqa: E402
+                                         script, train, verdict)
 from facetrain.sweeps.compare import Run, load_run, read_scalars  # noqa: E402
 
 TEACHER = ("backbone=r18", "trainer.batch_size=64", "trainer.max_steps=250", "eval.every_steps=50",
@@ -54,6 +55,7 @@ class Distillation:
     pairs: int
     classes: int
     images_per_class: int
+    batch_size: int  # the students'
 
 
 def _images_per_s(run_dir: Path) -> float:
@@ -102,12 +104,7 @@ def read(work: Path, seeds: list[int], teacher: Path) -> Distillation:
     config = run_config(first)
     return Distillation(load_run(teacher, "teacher"), _images_per_s(teacher), _overrides(teacher), _overrides(first),
                         students, seeds, students["none"].runs[0].metrics["step"], config.dataset.val_pairs,
-                        config.dataset.num_classes, config.dataset.images_per_class)
-
-
-def _points(values: list[float]) -> str:
-    mean, std = mean_std([100 * value for value in values])
-    return f"{mean:+.1f}" + (f" +- {std:.1f}" if len(values) > 1 else "")
+                        config.dataset.num_classes, config.dataset.images_per_class, config.trainer.batch_size)
 
 
 def _final(student: Student) -> str:
@@ -122,36 +119,46 @@ def _overrides_text(overrides: tuple[str, ...]) -> str:
     return " ".join(o for o in overrides if not o.startswith(where))
 
 
+def _change(gains: list[float]) -> str:
+    """The change over ``distill=none`` and whether the seeds establish it."""
+    if len(gains) == 1:
+        return f"{points(gains)} | -"
+    return f"{points(gains)} | {'yes' if established(gains) else 'no'}"
+
+
 def block(figures: Distillation, stamp: str) -> str:
     """The README's table and the words around it."""
     f, none = figures, figures.students["none"]
     teacher_accuracy = f.teacher.metrics["val"][f.teacher.targets[0]]
     spread = "standard deviation over the seeds" if len(f.seeds) > 1 else "standard deviation over the 10 folds"
-    rows = []
+    rows, gains = [], {}
     for loss, student in f.students.items():
-        gains = [a - b for a, b in zip(student.final(), none.final())]
         source = "-" if loss == "none" else "checkpoint" if loss in NEEDS_HEAD else "features (.npy)"
+        if loss != "none":
+            gains[loss] = [a - b for a, b in zip(student.final(), none.final())]
         rows.append(f"| `distill={loss}` | {source} | {_final(student)} | "
                     f"{' / '.join(f'{v:.3f}' for v in student.final())} | "
-                    f"{'' if loss == 'none' else _points(gains)} | {statistics.fmean(student.images_per_s):.0f} |")
-    gain = {loss: statistics.fmean(s.final()) - statistics.fmean(none.final()) for loss, s in f.students.items()
-            if loss != "none"}
-    best = max(gain, key=gain.get)
-    verdict = (f"The largest mean change is `distill={best}`'s ({100 * gain[best]:+.1f} points)" if gain[best] > 0
+                    f"{_change(gains[loss]) if loss in gains else ' | '} | "
+                    f"{statistics.fmean(student.images_per_s):.0f} |")
+    best = max(gains, key=lambda loss: statistics.fmean(gains[loss]))
+    summary = (f"The largest mean change is `distill={best}`'s ({points(gains[best])} points, "
+               f"{verdict(gains[best])})" if statistics.fmean(gains[best]) > 0
                else "No loss raised the mean accuracy over `distill=none`")
     lines = [
-        f"{stamp}. Teacher: trained here on the {f.classes} synthetic identities x "
-        f"{f.images_per_class} images (`{_overrides_text(f.teacher_overrides)}`, "
-        f"{f.teacher.metrics['step']} steps, {f.teacher_images_per_s:.1f} images/s): {teacher_accuracy['accuracy']:.3f} +- {teacher_accuracy['std']:.3f} on "
-        f"{f.pairs:,} verification pairs of held-out identities. Student: MobileFaceNet with one block a stage and a "
-        f"128-d embedding (the teacher's is 512-d: `feature` and `mse` learn the projection), ArcFace, "
-        f"`{_overrides_text(f.student_overrides)}`, seed{'s' if len(f.seeds) > 1 else ''} "
-        f"{', '.join(map(str, f.seeds))}; every row the same config, steps and seeds, only `distill=` differs "
-        f"(each loss's defaults, weight 1). Accuracy at step {f.steps}, mean +- {spread}; the change is over "
-        f"`distill=none`, in points, seed by seed; images/s of the whole training step (teacher included):",
+        f"{stamp}. Teacher: trained here on the {f.classes} synthetic identities x {f.images_per_class} images "
+        f"(`{_overrides_text(f.teacher_overrides)}`, {f.teacher.metrics['step']} steps, "
+        f"{f.teacher_images_per_s:.1f} images/s): {teacher_accuracy['accuracy']:.3f} +- "
+        f"{teacher_accuracy['std']:.3f} on {f.pairs:,} verification pairs of held-out identities. Student: "
+        f"MobileFaceNet with one block a stage and a 128-d embedding (the teacher's is 512-d: `feature` and `mse` "
+        f"learn the projection), ArcFace, `{_overrides_text(f.student_overrides)}`, "
+        f"seed{'s' if len(f.seeds) > 1 else ''} {', '.join(map(str, f.seeds))}; every row the same config, steps "
+        f"and seeds, only `distill=` differs (each loss's defaults, weight 1). Accuracy at step {f.steps}, mean +- "
+        f"{spread}; the change is over `distill=none` in points, seed by seed, and established where its mean "
+        f"lies more than two standard errors from 0; images/s of the whole training step (teacher included):",
         "",
-        f"| student | teacher from | accuracy at step {f.steps} | per seed | change (points) | images/s |",
-        "|---|---|---:|---:|---:|---:|",
+        f"| student | teacher from | accuracy at step {f.steps} | per seed | change (points) | established | "
+        "images/s |",
+        "|---|---|---:|---:|---:|---|---:|",
         *rows,
         "",
         "![verification accuracy of the students against the step, and the teacher's](docs/distillation.png)",
@@ -159,9 +166,11 @@ def block(figures: Distillation, stamp: str) -> str:
         f"`feature`, `mse`, `rkd` and `ekd` read the teacher's features extracted once "
         f"(`scripts/extract_features.py --dataset`): with no flip and no augmentation they are the teacher's output "
         f"for the very batch. `kl` needs the teacher's head and runs its checkpoint beside the student, hence its "
-        f"cost. {verdict}; a change smaller than the spread is not established by these runs. Minutes of CPU "
-        f"training on synthetic faces show the mechanics and the relative cost, not what each loss is worth on "
-        f"MS1Mv3 (TFace's figures in [Distillation](docs/distillation.md)).",
+        f"cost. {summary}. Every row draws its batches with the default `trainer.sampler=random` ({f.batch_size} images "
+        f"of {f.classes} identities: a few positive pairs a batch), where TFace trains EKD with "
+        f"`trainer.sampler=mixed` (`experiment=ms1mv3_mbf_ekd`). Minutes of CPU training on synthetic faces show "
+        f"the mechanics and the relative cost, not what each loss is worth on MS1Mv3 (TFace's figures in "
+        f"[Distillation](docs/distillation.md)).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -3,7 +3,6 @@ backbone fine-tuned on 100 other synthetic identities of 5 images each, against 
 each over several seeds, reported as mean and spread."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from facetrain.docs_figures.runs import QUICK_DATA, mean_std, sweep_config, sweep_runs, train  # noqa: E402
+from facetrain.docs_figures.runs import (QUICK_DATA, mean_std, points, sweep_config, sweep_runs, train,  # noqa: E402
+                                         verdict)
 from facetrain.sweeps.compare import Run  # noqa: E402
 
 # the small set: 100 identities other than the pretraining ones, 5 images each; epochs of 7 steps
@@ -94,20 +94,6 @@ def _spread(values: list[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f} +- {std:.{digits}f}"
 
 
-def _points(values: list[float]) -> str:
-    """Mean and spread of accuracy differences, in points (hundredths)."""
-    mean, std = mean_std([100 * value for value in values])
-    return f"{mean:+.1f} +- {std:.1f}"
-
-
-def verdict(differences: list[float]) -> str:
-    """Whether the mean of per-seed differences lies more than two standard errors from 0."""
-    mean, std = mean_std(differences)
-    error = std / math.sqrt(len(differences))
-    return ("more than twice its standard error from 0" if abs(mean) > 2 * error
-            else "within twice its standard error of 0: not established")
-
-
 def block(figures: Finetune, stamp: str, pretrained: str) -> str:
     """The block; ``pretrained`` says in a few words what the starting backbone was trained on."""
     f, kinds = figures, figures.kinds
@@ -137,13 +123,13 @@ def block(figures: Finetune, stamp: str, pretrained: str) -> str:
         "lowest to the highest seed](finetune_synthetic.png)",
         "",
         f"Differences are per seed, in points (hundredths), mean +- standard deviation over the seeds. The "
-        f"pretrained backbone is worth {_points(over_scratch)} points of final accuracy over training from "
+        f"pretrained backbone is worth {points(over_scratch)} points of final accuracy over training from "
         f"scratch on the small set (each fine-tuned run against the scratch run of its seed). Over the "
         f"pretrained backbone alone ({alone:.3f} at step 0), fine-tuning changed the accuracy by "
-        f"{_points(kinds['random_head'].gains())} points with a random head ({verdict(kinds['random_head'].gains())}) "
-        f"and {_points(kinds['class_mean_head'].gains())} with the class-mean head "
+        f"{points(kinds['random_head'].gains())} points with a random head ({verdict(kinds['random_head'].gains())}) "
+        f"and {points(kinds['class_mean_head'].gains())} with the class-mean head "
         f"({verdict(kinds['class_mean_head'].gains())}); the class-mean head against the random one, seed by seed: "
-        f"{_points(heads)} ({verdict(heads)}). The class-mean head starts the training loss at "
+        f"{points(heads)} ({verdict(heads)}). The class-mean head starts the training loss at "
         f"{_spread(kinds['class_mean_head'].values('first_loss'), 1)} instead of "
         f"{_spread(kinds['random_head'].values('first_loss'), 1)} (a random head at ArcFace's margin).",
     ]

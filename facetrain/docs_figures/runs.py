@@ -3,6 +3,7 @@ work folder of their own (runs under ``<work>/outputs``, synthetic data generate
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -88,6 +89,24 @@ def run_config(run_dir: Path) -> DictConfig:
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def points(values: list[float]) -> str:
+    """Mean and spread of accuracy differences, in points (hundredths); a single value without a spread."""
+    mean, std = mean_std([100 * value for value in values])
+    return f"{mean:+.1f}" + (f" +- {std:.1f}" if len(values) > 1 else "")
+
+
+def established(differences: list[float]) -> bool:
+    """Whether the mean of per-seed differences lies more than two standard errors from 0 (never, for one seed)."""
+    mean, std = mean_std(differences)
+    return len(differences) > 1 and abs(mean) > 2 * std / math.sqrt(len(differences))
+
+
+def verdict(differences: list[float]) -> str:
+    """:func:`established` in words."""
+    return ("more than twice its standard error from 0" if established(differences)
+            else "within twice its standard error of 0: not established")
 
 
 def duration(seconds: float) -> str:
