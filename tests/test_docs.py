@@ -38,7 +38,7 @@ SCRIPT = re.compile(r"^(?:scripts/[\w-]+\.py|train\.py)$")
 RUNNERS = {"python", "python3", "torchrun"}
 
 GENERATED = re.compile(r"<!--\s*(begin|end) generated:\s*(\S*)\s*-->")
-GENERATED_NAMES = {"quickstart", "finetune", "sweep", "x2softmax_margin", "head_pictures"}
+GENERATED_NAMES = {"quickstart", "finetune", "sweep", "x2softmax_margin", "head_pictures", "distill"}
 
 
 # ---- reading pages -----------------------------------------------------------------------------
