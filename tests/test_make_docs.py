@@ -121,13 +121,12 @@ def test_a_block_no_page_holds_is_refused(tmp_path):
 
 def _run(label: str, accuracy: float, std: float = 0.02) -> Run:
     return Run(label, {"step": 300, "val": {"synthetic_val": {"accuracy": accuracy, "std": std}}, "best": {}},
-               {"synthetic_val": [(0, 0.75), (300, accuracy)]})
+               {"synthetic_val": [(0, 0.75), (300, accuracy)]}, {"train/throughput": [(10, 30.0), (20, 40.0), (30, 45.0)]})
 
 
 def _distillation(finals: dict[str, list[float]]) -> distill.Distillation:
-    students = {loss: distill.Student(loss, [_run(loss, value) for value in values], [40.0] * len(values))
-                for loss, values in finals.items()}
-    return distill.Distillation(_run("teacher", 0.95), 8.0, ("backbone=r18", "name=distill_teacher"),
+    students = {loss: distill.Student(loss, [_run(loss, value) for value in values]) for loss, values in finals.items()}
+    return distill.Distillation(_run("teacher", 0.95), ("backbone=r18", "name=distill_teacher"),
                                 ("backbone=mbf", "distill=none", "seed=0"), students,
                                 list(range(len(finals["none"]))), 300, 1000, 200, 30, 32)
 

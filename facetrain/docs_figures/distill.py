@@ -12,12 +12,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from facetrain.docs_figures.runs import (QUICK_DATA, established, mean_std, only_run, points, run_config,  # noqa: E402
-                                         script, train, verdict)
-from facetrain.sweeps.compare import Run, load_run, read_scalars  # noqa: E402
+                                         script, seed_curves, train, verdict)
+from facetrain.sweeps.compare import Run, load_run  # noqa: E402
 
 TEACHER = ("backbone=r18", "trainer.batch_size=64", "trainer.max_steps=250", "eval.every_steps=50",
            "trainer.log_every=10")
@@ -30,23 +29,32 @@ LOSSES = ("none", "feature", "mse", "kl", "rkd", "ekd")
 NEEDS_HEAD = {"kl"}  # compares logits: the teacher runs beside the student (its checkpoint), not from features
 
 
+def images_per_s(run: Run) -> float:
+    """The median of the run's logged intervals' throughput."""
+    return statistics.median(value for _, value in run.scalars["train/throughput"])
+
+
 @dataclass
 class Student:
     loss: str
     runs: list[Run]  # one per seed
-    images_per_s: list[float]  # per seed: the median of the logged intervals' throughput
 
     def final(self) -> list[float]:
         return [run.metrics["val"][run.targets[0]]["accuracy"] for run in self.runs]
 
-    def fold_std(self) -> list[float]:
-        return [run.metrics["val"][run.targets[0]]["std"] for run in self.runs]
+    def spread(self) -> float:
+        """The standard deviation of the final accuracy over the seeds, or over the 10 folds of the one seed."""
+        run = self.runs[0]
+        return mean_std(self.final())[1] if len(self.runs) > 1 else run.metrics["val"][run.targets[0]]["std"]
+
+    def images_per_s(self) -> float:
+        """The mean over the seeds of :func:`images_per_s`."""
+        return statistics.fmean(images_per_s(run) for run in self.runs)
 
 
 @dataclass
 class Distillation:
     teacher: Run
-    teacher_images_per_s: float
     teacher_overrides: tuple[str, ...]
     student_overrides: tuple[str, ...]
     students: dict[str, Student]
@@ -56,10 +64,6 @@ class Distillation:
     classes: int
     images_per_class: int
     batch_size: int  # the students'
-
-
-def _images_per_s(run_dir: Path) -> float:
-    return statistics.median(value for _, value in read_scalars(run_dir)["train/throughput"])
 
 
 def _overrides(run_dir: Path) -> tuple[str, ...]:
@@ -97,20 +101,17 @@ def read(work: Path, seeds: list[int], teacher: Path) -> Distillation:
     """The figures of the teacher's run and of the students :func:`measure` trained in ``work``."""
     students = {}
     for loss in LOSSES:
-        run_dirs = [only_run(work, _name(loss, seed)) for seed in seeds]
-        students[loss] = Student(loss, [load_run(run_dir, loss) for run_dir in run_dirs],
-                                 [_images_per_s(run_dir) for run_dir in run_dirs])
+        students[loss] = Student(loss, [load_run(only_run(work, _name(loss, seed)), loss) for seed in seeds])
     first = only_run(work, _name("none", seeds[0]))
     config = run_config(first)
-    return Distillation(load_run(teacher, "teacher"), _images_per_s(teacher), _overrides(teacher), _overrides(first),
+    return Distillation(load_run(teacher, "teacher"), _overrides(teacher), _overrides(first),
                         students, seeds, students["none"].runs[0].metrics["step"], config.dataset.val_pairs,
                         config.dataset.num_classes, config.dataset.images_per_class, config.trainer.batch_size)
 
 
 def _final(student: Student) -> str:
     """Mean +- the spread: over the seeds, or over the 10 folds of the one seed."""
-    mean, std = mean_std(student.final())
-    return f"{mean:.3f} +- {std if len(student.runs) > 1 else student.fold_std()[0]:.3f}"
+    return f"{statistics.fmean(student.final()):.3f} +- {student.spread():.3f}"
 
 
 def _overrides_text(overrides: tuple[str, ...]) -> str:
@@ -139,7 +140,7 @@ def block(figures: Distillation, stamp: str) -> str:
         rows.append(f"| `distill={loss}` | {source} | {_final(student)} | "
                     f"{' / '.join(f'{v:.3f}' for v in student.final())} | "
                     f"{_change(gains[loss]) if loss in gains else ' | '} | "
-                    f"{statistics.fmean(student.images_per_s):.0f} |")
+                    f"{student.images_per_s():.0f} |")
     best = max(gains, key=lambda loss: statistics.fmean(gains[loss]))
     summary = (f"The largest mean change is `distill={best}`'s ({points(gains[best])} points, "
                f"{verdict(gains[best])})" if statistics.fmean(gains[best]) > 0
@@ -147,7 +148,7 @@ def block(figures: Distillation, stamp: str) -> str:
     lines = [
         f"{stamp}. Teacher: trained here on the {f.classes} synthetic identities x {f.images_per_class} images "
         f"(`{_overrides_text(f.teacher_overrides)}`, {f.teacher.metrics['step']} steps, "
-        f"{f.teacher_images_per_s:.1f} images/s): {teacher_accuracy['accuracy']:.3f} +- "
+        f"{images_per_s(f.teacher):.1f} images/s): {teacher_accuracy['accuracy']:.3f} +- "
         f"{teacher_accuracy['std']:.3f} on {f.pairs:,} verification pairs of held-out identities. Student: "
         f"MobileFaceNet with one block a stage and a 128-d embedding (the teacher's is 512-d: `feature` and `mse` "
         f"learn the projection), ArcFace, `{_overrides_text(f.student_overrides)}`, "
@@ -181,14 +182,11 @@ def picture(figures: Distillation, path: Path) -> Path:
     fig, (curves, finals) = plt.subplots(1, 2, figsize=(11, 4))
     target = figures.teacher.targets[0]
     for i, (loss, student) in enumerate(figures.students.items()):
-        points = [run.curves[target] for run in student.runs]
-        steps = [step for step, _ in points[0]]
-        values = np.array([[value for _, value in curve] for curve in points])
+        steps, values = seed_curves(student.runs, target)
         colour = plt.get_cmap("tab10")(i)
         curves.plot(steps, values.mean(axis=0), color=colour, label=loss)
-        mean, std = mean_std(student.final())
-        finals.errorbar(i, mean, yerr=std if len(student.runs) > 1 else student.fold_std()[0], color=colour,
-                        marker="o", capsize=4)
+        finals.errorbar(i, statistics.fmean(student.final()), yerr=student.spread(), color=colour, marker="o",
+                        capsize=4)
     teacher = figures.teacher.metrics["val"][target]["accuracy"]
     for ax in (curves, finals):
         ax.axhline(teacher, color="black", linestyle="--", linewidth=1, label="teacher")

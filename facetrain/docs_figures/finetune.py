@@ -10,10 +10,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-from facetrain.docs_figures.runs import (QUICK_DATA, mean_std, points, sweep_config, sweep_runs, train,  # noqa: E402
-                                         verdict)
+from facetrain.docs_figures.runs import (QUICK_DATA, mean_std, points, seed_curves, sweep_config,  # noqa: E402
+                                         sweep_runs, train, verdict)
 from facetrain.sweeps.compare import Run  # noqa: E402
 
 # the small set: 100 identities other than the pretraining ones, 5 images each; epochs of 7 steps
@@ -142,9 +141,7 @@ def picture(figures: Finetune, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, kind in enumerate(figures.kinds.values()):
         for ax, key in zip(axes, ("loss", None)):
-            curves = [run.curves[key or run.targets[0]] for run in kind.runs]
-            steps = [step for step, _ in curves[0]]
-            values = np.array([[value for _, value in curve] for curve in curves])
+            steps, values = seed_curves(kind.runs, key or kind.runs[0].targets[0])
             colour = plt.get_cmap("tab10")(i)
             ax.plot(steps, values.mean(axis=0), color=colour, label=kind.label.replace("`", ""))
             ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.2, lw=0)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from facetrain.errors import FacetrainError
@@ -89,6 +90,12 @@ def run_config(run_dir: Path) -> DictConfig:
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def seed_curves(runs: list[Run], key: str) -> tuple[list[int], np.ndarray]:
+    """The steps and a ``[seed, step]`` array of curve ``key`` (``loss`` or a target) of one run per seed."""
+    curves = [run.curves[key] for run in runs]
+    return [step for step, _ in curves[0]], np.array([[value for _, value in curve] for curve in curves])
 
 
 def points(values: list[float]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +20,7 @@ class Run:
     label: str
     metrics: dict[str, Any]  # metrics.json
     curves: dict[str, Curve]  # "loss" and each target's name -> (step, value)
+    scalars: dict[str, Curve] = field(default_factory=dict)  # every TensorBoard tag -> (step, value)
 
     @property
     def targets(self) -> list[str]:
@@ -37,7 +38,11 @@ def read_scalars(run_dir: Path) -> dict[str, Curve]:
 
 def read_curves(run_dir: Path) -> dict[str, Curve]:
     """The training loss and each target's accuracy as TensorBoard shows them (purged steps hidden)."""
-    scalars = read_scalars(run_dir)
+    return curves_of(read_scalars(run_dir))
+
+
+def curves_of(scalars: dict[str, Curve]) -> dict[str, Curve]:
+    """The training loss (key "loss") and each target's accuracy (key: the target) of a run's scalars."""
     curves = {"loss": scalars[LOSS_TAG]} if LOSS_TAG in scalars else {}
     for tag, curve in scalars.items():
         parts = tag.split("/")
@@ -54,7 +59,8 @@ def load_run(run_dir: Path, label: str) -> Run:
     if not metrics_file.is_file():
         raise FacetrainError(f"{run_dir} holds no metrics.json", "pass the run directories train.py wrote "
                              "(outputs/<name>/<timestamp>), of runs that reached an evaluation or a checkpoint")
-    return Run(label, json.loads(metrics_file.read_text()), read_curves(run_dir))
+    scalars = read_scalars(run_dir)
+    return Run(label, json.loads(metrics_file.read_text()), curves_of(scalars), scalars)
 
 
 def labels(run_dirs: list[Path]) -> list[str]:
